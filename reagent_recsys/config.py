@@ -1,0 +1,368 @@
+"""One YAML file drives a whole run: a section per stage, validated once at the CLI boundary.
+
+Every field documents itself (``cli.py print-schema``). Unknown keys are rejected with their dotted path and a
+suggestion; wrong types and out-of-range values name the field, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the dotted field."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------- env
+class EnvConfig(StrictModel):
+    """The simulated users. `preset` fills every parameter left unset (null)."""
+
+    type: Literal["lts", "recsim"] = Field(
+        "lts", description="`lts`: our vectorized long-term-satisfaction model; `recsim`: google recsim via an adapter."
+    )
+    preset: Literal["recsim", "strong", "sweet_bitter"] = Field(
+        "sweet_bitter", description="Parameter preset: recsim's defaults, the tutorial's StrongLTS, or sweet_bitter."
+    )
+    recsim_env: str = Field(
+        "long_term_satisfaction",
+        description="With type recsim: long_term_satisfaction, interest_evolution, interest_exploration, "
+        "or a name registered with reagent_recsys.envs.recsim_adapter.register_recsim_env.",
+    )
+    recsim_plugins: list[str] = Field(
+        default_factory=list,
+        description="Modules imported before a recsim env is built, so they can register their own factories.",
+    )
+    memory_discount: float | None = Field(None, ge=0, lt=1, description="NPE memory discount (recsim: 0.7).")
+    sensitivity: float | None = Field(None, gt=0, description="Satisfaction = sigmoid(sensitivity * NPE).")
+    innovation_stddev: float | None = Field(None, ge=0, description="Stddev of the NPE innovation noise.")
+    choc_mean: float | None = Field(None, description="Mean log-engagement of pure clickbait (chocolate).")
+    choc_stddev: float | None = Field(None, ge=0, description="Stddev of log-engagement of pure clickbait.")
+    kale_mean: float | None = Field(None, description="Mean log-engagement of pure healthy content (kale).")
+    kale_stddev: float | None = Field(None, ge=0, description="Stddev of log-engagement of pure kale.")
+    time_budget: int | None = Field(None, gt=0, description="Steps per episode.")
+    num_candidates: int | None = Field(None, gt=0, description="Candidate documents offered each step.")
+    slate_size: int | None = Field(None, gt=0, description="Documents in a slate; the user clicks the first.")
+    initial_npe: float | None = Field(
+        None, description="Fixed starting NPE; null draws (U(0,1) - 0.5) / (1 - memory_discount)."
+    )
+    document_sampler: Literal["uniform", "sweet_bitter"] | None = Field(
+        None, description="uniform: clickbait ~ U(0,1); sweet_bitter: even slots U[0.8,1], odd slots U[0,0.2]."
+    )
+    resample_documents: bool | None = Field(
+        None, description="Draw new candidates every step (true) or once per episode (false)."
+    )
+    observe_satisfaction: bool | None = Field(None, description="Satisfaction is a user feature (else latent).")
+    observe_response: bool | None = Field(None, description="The last response (click, engagement) is observed.")
+    observe_time: bool | None = Field(None, description="Observe the time feature t/T - 0.5.")
+
+    @model_validator(mode="after")
+    def _slate_fits(self) -> EnvConfig:
+        if self.slate_size is not None and self.num_candidates is not None and self.slate_size > self.num_candidates:
+            raise ValueError(
+                f"slate_size ({self.slate_size}) must be <= num_candidates ({self.num_candidates})"
+            )
+        return self
+
+
+# -------------------------------------------------------------------------------- logging policies
+class RandomPolicyConfig(StrictModel):
+    """Uniform over the candidates."""
+
+    type: Literal["random"] = "random"
+
+
+class GreedyPolicyConfig(StrictModel):
+    """Always the candidate with the largest (or smallest) document feature."""
+
+    type: Literal["greedy"] = "greedy"
+    feature: Literal["clickbait"] = Field("clickbait", description="Document feature to rank by.")
+    direction: Literal["max", "min"] = Field("max", description="max: sweetest; min: bitterest.")
+
+
+class SoftmaxPolicyConfig(StrictModel):
+    """Softmax over a document feature (times +1 for max, -1 for min) at a temperature."""
+
+    type: Literal["softmax"] = "softmax"
+    feature: Literal["clickbait"] = Field("clickbait", description="Document feature used as the score.")
+    direction: Literal["max", "min"] = Field("max", description="Sign of the score.")
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature.")
+
+
+class EpsilonGreedyPolicyConfig(StrictModel):
+    """With probability epsilon a uniform candidate, else the expert's action."""
+
+    type: Literal["epsilon_greedy"] = "epsilon_greedy"
+    epsilon: float = Field(0.1, ge=0, le=1, description="Exploration probability.")
+    expert: GreedyPolicyConfig = Field(default_factory=GreedyPolicyConfig, description="The greedy expert.")
+
+
+class MixtureComponent(StrictModel):
+    weight: float = Field(gt=0, le=1, description="Probability that an episode uses this policy.")
+    policy: PolicyConfig = Field(description="The policy for those episodes.")
+
+
+class MixturePolicyConfig(StrictModel):
+    """Per-episode mixture: each episode draws one component policy by weight."""
+
+    type: Literal["mixture"] = "mixture"
+    components: list[MixtureComponent] = Field(min_length=1, description="Weighted component policies.")
+
+    @model_validator(mode="after")
+    def _weights_sum_to_one(self) -> MixturePolicyConfig:
+        total = sum(c.weight for c in self.components)
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"component weights must sum to 1, got {total:g}")
+        return self
+
+
+PolicyConfig = Annotated[
+    Union[
+        RandomPolicyConfig,
+        GreedyPolicyConfig,
+        SoftmaxPolicyConfig,
+        EpsilonGreedyPolicyConfig,
+        MixturePolicyConfig,
+    ],
+    Field(discriminator="type"),
+]
+MixtureComponent.model_rebuild()
+
+
+class LoggingConfig(StrictModel):
+    """Stage 1, workflow.offline_gym: simulate episodes with a logging policy and write the mdp table."""
+
+    num_episodes: int = Field(1000, gt=0, description="Episodes to simulate.")
+    batch_size: int = Field(4096, gt=0, description="Users simulated side by side (vectorized).")
+    policy: PolicyConfig = Field(default_factory=RandomPolicyConfig, description="The logging policy.")
+    ds: str = Field("2026-01-01", description="Value of the `ds` partition column.")
+
+
+# -------------------------------------------------------------------------------------- preprocessing
+class TimelineConfig(StrictModel):
+    """Stage 2, workflow.timeline_operator: mdp table -> transitions and a train/eval split."""
+
+    input_path: str | None = Field(
+        None, description="Input mdp table (any Hadoop-compatible path); null reads output_dir/mdp."
+    )
+    multi_steps: int = Field(1, ge=1, description="n of the n-step transitions (1 = one-step).")
+    gamma: float = Field(0.99, ge=0, le=1, description="Discount used for n-step rewards.")
+    eval_fraction: float = Field(0.2, ge=0, lt=1, description="Share of episodes (by mdp_id hash) in eval.")
+    outlier_episode_length_percentile: float | None = Field(
+        None, gt=0, le=1, description="Drop episodes longer than this percentile of episode length; null keeps all."
+    )
+    time_window: int | None = Field(
+        None, gt=0, description="Keep only steps with time_since_first < time_window; null keeps all."
+    )
+    ds_start: str | None = Field(None, description="First `ds` partition read (inclusive); null: no bound.")
+    ds_end: str | None = Field(None, description="Last `ds` partition read (inclusive); null: no bound.")
+    on_invalid: Literal["fail", "quarantine"] = Field(
+        "fail", description="fail: stop on invalid rows; quarantine: write them to a rejects table and go on."
+    )
+
+
+class NormalizationConfig(StrictModel):
+    """Stage 3, workflow.identify_normalization: per-feature statistics -> a type and parameters."""
+
+    max_unique_enum_values: int = Field(10, gt=1, description="At most this many distinct values -> ENUM.")
+    quantile_size: int = Field(20, gt=1, description="Quantile boundaries kept for QUANTILE features.")
+    quantile_relative_error: float = Field(0.001, gt=0, lt=1, description="approxQuantile relative error.")
+    sample_size: int = Field(100_000, gt=0, description="Bounded sample size for Box-Cox fitting.")
+    skip_box_cox: bool = Field(False, description="Never choose BOXCOX.")
+    overrides: dict[int, Literal[
+        "BINARY", "PROBABILITY", "CONTINUOUS", "BOXCOX", "QUANTILE", "ENUM", "DO_NOT_PREPROCESS"
+    ]] = Field(default_factory=dict, description="Feature id -> forced normalization type.")
+
+
+# ------------------------------------------------------------------------------------------ training
+class TrainingConfig(StrictModel):
+    """Stage 4, workflow.train: DQN on the dense training table."""
+
+    algorithm: Literal["dqn", "cql", "bcq"] = Field("dqn", description="Discrete DQN, CQL or BCQ.")
+    gamma: float = Field(0.99, ge=0, le=1, description="Discount; 0 gives the offline contextual bandit.")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    batch_size: int = Field(1024, gt=0, description="Transitions per update.")
+    epochs: int = Field(10, gt=0, description="Passes over the training table.")
+    hidden_sizes: list[int] = Field(default_factory=lambda: [256, 128], description="MLP hidden layer sizes.")
+    dueling: bool = Field(True, description="Dueling value/advantage heads.")
+    double_q: bool = Field(True, description="Double-Q targets.")
+    tau: float = Field(0.01, gt=0, le=1, description="Soft target update rate.")
+    loss: Literal["huber", "mse"] = Field("huber", description="TD loss.")
+    grad_clip_norm: float | None = Field(10.0, gt=0, description="Gradient norm clip; null disables.")
+    cql_alpha: float = Field(1.0, ge=0, description="CQL regularizer weight (algorithm: cql).")
+    bcq_threshold: float = Field(0.3, ge=0, le=1, description="BCQ action threshold (algorithm: bcq).")
+    loader: Literal["arrow", "petastorm"] = Field("arrow", description="Training table reader.")
+    shuffle_buffer: int = Field(100_000, ge=0, description="Rows in the shuffle buffer (0: no row shuffle).")
+
+
+class ExportConfig(StrictModel):
+    """Stage 5, workflow.export: a TorchScript policy with the normalization baked in."""
+
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature of the exported action probabilities.")
+    greedy: bool = Field(True, description="Serve (and evaluate) the greedy policy; false: the softmax one.")
+
+
+class EvaluationConfig(StrictModel):
+    """Stage 6, workflow.evaluate: counterfactual policy evaluation and simulator ground truth."""
+
+    ground_truth_episodes: int = Field(2000, gt=0, description="Simulated episodes for the true value.")
+    bootstrap_samples: int = Field(200, gt=0, description="Bootstrap resamples for the 95% intervals.")
+    fqe_epochs: int = Field(5, gt=0, description="Epochs of fitted Q evaluation.")
+
+
+class SparkConfig(StrictModel):
+    """How the Spark stages get their session."""
+
+    master: str = Field("local[*]", description="Spark master URL (local[*], spark://host:7077, yarn, k8s://...).")
+    app_name: str = Field("reagent_recsys", description="Spark application name.")
+    shuffle_partitions: int = Field(8, gt=0, description="spark.sql.shuffle.partitions.")
+    driver_memory: str = Field("2g", description="spark.driver.memory (local mode).")
+    conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark settings.")
+
+
+# ------------------------------------------------------------------------------------------ pipeline
+class PipelineConfig(StrictModel):
+    """A whole run: one output_dir under which every artifact of the run is written."""
+
+    output_dir: Path = Field(description="Directory for every artifact of the run (relative to the working dir).")
+    seed: int = Field(0, ge=0, description="Master seed; same seed, same output.")
+    env: EnvConfig = Field(default_factory=EnvConfig, description="The simulator.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="workflow.offline_gym.")
+    timeline: TimelineConfig = Field(default_factory=TimelineConfig, description="workflow.timeline_operator.")
+    normalization: NormalizationConfig = Field(
+        default_factory=NormalizationConfig, description="workflow.identify_normalization."
+    )
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="workflow.train.")
+    export: ExportConfig = Field(default_factory=ExportConfig, description="workflow.export.")
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="workflow.evaluate.")
+    spark: SparkConfig = Field(default_factory=SparkConfig, description="Spark session settings.")
+
+    def section_hash(self, *sections: str) -> str:
+        """A stable hash of the named sections (and the seed): stage outputs record it to detect staleness."""
+        payload = {name: self.model_dump(mode="json")[name] for name in ("seed", *sections)}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------ loading, errors
+def _unwrap(annotation: Any) -> list[Any]:
+    """The model classes an annotation can hold (through Optional, Union, list, dict, Annotated)."""
+    from typing import get_args, get_origin
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[Any] = []
+    for arg in get_args(annotation) if get_origin(annotation) is not None else []:
+        found.extend(_unwrap(arg))
+    return found
+
+
+def _readable_path(loc: tuple[Any, ...]) -> tuple[str, list[str]]:
+    """Dotted path for a pydantic error location, dropping union tags; plus the field names valid at the end."""
+    models: list[type[BaseModel]] = [PipelineConfig]
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+            continue
+        candidates = [m for m in models if item in m.model_fields]
+        if candidates:
+            parts.append(item)
+            models = _unwrap(candidates[0].model_fields[item].annotation)
+            continue
+        tagged = [m for m in models if "type" in m.model_fields and m.model_fields["type"].default == item]
+        if tagged:  # a discriminated-union tag that pydantic puts into the location
+            models = tagged
+            continue
+        parts.append(str(item))
+        models = []
+    dotted = ".".join(parts).replace(".[", "[")
+    return dotted, [name for m in models for name in m.model_fields]
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    return _readable_path(loc)[1]
+
+
+def format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for err in error.errors():
+        loc = err["loc"]
+        path, _ = _readable_path(loc)
+        if err["type"] == "extra_forbidden":
+            parent_fields = _fields_at(loc[:-1])
+            hint = difflib.get_close_matches(str(loc[-1]), parent_fields, n=1)
+            suggestion = f"did you mean {hint[0]}?" if hint else f"allowed: {', '.join(parent_fields)}"
+            lines.append(f"{path}: unknown key ({suggestion})")
+            continue
+        value = err.get("input")
+        shown = "" if err["type"] == "missing" else f" (got {value!r})"
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{path or '<config>'}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Read YAML, apply `dotted.key=value` overrides (values parsed as YAML) and validate."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    return validate_config(data, source=str(path))
+
+
+def validate_config(data: dict[str, Any], source: str = "<config>") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: invalid config\n{format_validation_error(exc)}") from None
+
+
+def describe_schema(model: type[BaseModel] = PipelineConfig, prefix: str = "") -> list[str]:
+    """One line per field, `dotted.name (type, default): description`; used by `cli.py print-schema`."""
+    lines = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        nested = _unwrap(field.annotation)
+        annotation = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+        default = "" if field.is_required() else f" = {field.get_default(call_default_factory=True)!r}"
+        if nested and len(nested) == 1 and isinstance(field.annotation, type):
+            lines.append(f"{dotted}: {field.description or ''}")
+            lines.extend(describe_schema(nested[0], f"{dotted}."))
+        elif nested and len(nested) > 1:
+            lines.append(f"{dotted} (one of: {', '.join(m.model_fields['type'].default for m in nested)}): "
+                         f"{field.description or ''}")
+            for m in nested:
+                lines.extend(describe_schema(m, f"{dotted}[{m.model_fields['type'].default}]."))
+        else:
+            lines.append(f"{dotted} ({annotation}{default}): {field.description or ''}")
+    return lines

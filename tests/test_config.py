@@ -1,0 +1,74 @@
+import pytest
+
+from reagent_recsys.config import ConfigError, describe_schema, load_config, validate_config
+
+
+def write(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_names_dotted_path_and_suggests(tmp_path):
+    path = write(tmp_path, "output_dir: out\ntraining:\n  lerning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"training\.lerning_rate: unknown key \(did you mean learning_rate\?\)"):
+        load_config(path)
+
+
+def test_out_of_range_names_field_value_and_rule(tmp_path):
+    path = write(tmp_path, "output_dir: out\nenv:\n  time_budget: 0\n")
+    with pytest.raises(ConfigError, match=r"env\.time_budget: Input should be greater than 0 \(got 0\)"):
+        load_config(path)
+
+
+def test_slate_larger_than_candidates_is_rejected():
+    with pytest.raises(ConfigError, match=r"env: slate_size \(30\) must be <= num_candidates \(20\)"):
+        validate_config({"output_dir": "o", "env": {"slate_size": 30, "num_candidates": 20}})
+
+
+def test_unknown_preset_lists_allowed():
+    with pytest.raises(ConfigError, match=r"env\.preset: Input should be 'recsim', 'strong' or 'sweet_bitter'"):
+        validate_config({"output_dir": "o", "env": {"preset": "bitter"}})
+
+
+def test_mixture_weights_must_sum_to_one_and_tags_are_not_in_path():
+    bad = {"output_dir": "o", "logging": {"policy": {"type": "mixture", "components": [
+        {"weight": 0.2, "policy": {"type": "greedy", "direction": "up"}},
+        {"weight": 0.3, "policy": {"type": "random"}},
+    ]}}}
+    with pytest.raises(ConfigError) as info:
+        validate_config(bad)
+    assert "logging.policy.components[0].policy.direction: Input should be 'max' or 'min' (got 'up')" in str(info.value)
+    bad["logging"]["policy"]["components"][0]["policy"]["direction"] = "max"
+    with pytest.raises(ConfigError, match=r"logging\.policy: component weights must sum to 1, got 0\.5"):
+        validate_config(bad)
+
+
+def test_overrides_are_parsed_as_yaml(tmp_path):
+    path = write(tmp_path, "output_dir: out\n")
+    config = load_config(path, ["training.epochs=3", "logging.policy={type: greedy, direction: min}"])
+    assert config.training.epochs == 3
+    assert config.logging.policy.direction == "min"
+    with pytest.raises(ConfigError, match="expected dotted.key=value"):
+        load_config(path, ["training.epochs"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "output_dir: [unclosed\n"))
+
+
+def test_every_field_is_described():
+    lines = describe_schema()
+    undocumented = [line for line in lines if line.rstrip().endswith(":") and "[" not in line.split(":")[0]]
+    assert not undocumented, undocumented
+    assert any(line.startswith("training.learning_rate (float = 0.001)") for line in lines)
+
+
+def test_section_hash_is_stable_and_sensitive():
+    a = validate_config({"output_dir": "o"})
+    b = validate_config({"output_dir": "other", "training": {"epochs": 99}})
+    assert a.section_hash("env", "logging") == b.section_hash("env", "logging")
+    assert a.section_hash("training") != b.section_hash("training")

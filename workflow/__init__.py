@@ -1,0 +1,1 @@
+"""The pipeline stages as named workflows, and the Click CLI that runs them."""
