@@ -1,0 +1,162 @@
+"""The result type and the bootstrap behind every interval.
+
+Every estimator is written as a *weighted statistic*: a function of a count matrix ``counts`` (B, N) where
+``counts[b, i]`` is how many times unit i (a context, or a whole episode) appears in resample b. The point
+estimate is the statistic at ``counts = 1``; a bootstrap resample is a multinomial row of counts. Linear
+estimators become one matrix product (``counts @ terms``), so resampling is vectorized.
+
+``relative`` is the estimate divided by the logged policy's value measured on the same data (the baseline):
+1.0 means "as good as the logging policy", 1.10 means "10% more reward". Its interval comes from the same
+resamples as the estimate's, so it accounts for the noise in both. It is ``None`` when the baseline is 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+# A weighted statistic: counts (B, N) -> one value per resample (B,).
+Statistic = Callable[[np.ndarray], np.ndarray]
+
+# Largest count matrix built at once (B_chunk * N entries, float64): bounds memory for large N.
+_MAX_CHUNK_ENTRIES = 1 << 22
+
+
+class EvaluationDataError(ValueError):
+    """Evaluation inputs that break a rule; the message names the rule, the column, a count and examples."""
+
+
+@dataclass(frozen=True)
+class BootstrapSpec:
+    """How intervals are computed: resamples, coverage, and the seed (same seed, same intervals)."""
+
+    samples: int = 200
+    confidence: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.samples < 20:
+            raise ValueError(f"bootstrap samples must be >= 20, got {self.samples}")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"bootstrap confidence must be in (0, 1), got {self.confidence}")
+
+    @classmethod
+    def from_config(cls, config, seed: int = 0) -> BootstrapSpec:
+        """From an ``EvaluationConfig`` (``bootstrap_samples``, ``confidence_level``) and the run's seed."""
+        return cls(samples=config.bootstrap_samples, confidence=config.confidence_level, seed=seed)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One policy-value estimate with its bootstrap interval.
+
+    value, lower, upper: the estimated value of the target policy and its interval.
+    relative, relative_lower, relative_upper: value / baseline (1.0 = the logging policy's value) and interval.
+    n: number of resampled units (contexts for one-step estimators, episodes for sequential ones).
+    baseline: the logged policy's value on the same data (mean reward, or mean discounted episode return).
+    """
+
+    name: str
+    value: float
+    lower: float
+    upper: float
+    relative: float | None
+    relative_lower: float | None
+    relative_upper: float | None
+    n: int
+    baseline: float
+
+    def to_dict(self) -> dict[str, str | int | float | None]:
+        """Plain JSON-safe dict (non-finite numbers become None)."""
+        out = asdict(self)
+        for key, value in out.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                out[key] = None
+        return out
+
+
+def bootstrap_counts(n: int, samples: int, rng: np.random.Generator) -> np.ndarray:
+    """(samples, n) multinomial counts: row b says how often each unit is drawn in resample b."""
+    idx = rng.integers(0, n, size=(samples, n))  # (B, N) drawn unit indices
+    offsets = (np.arange(samples) * n)[:, None]
+    return np.bincount((idx + offsets).ravel(), minlength=samples * n).reshape(samples, n).astype(np.float64)
+
+
+def iter_bootstrap_counts(n: int, spec: BootstrapSpec) -> list[np.ndarray]:
+    """The resamples of `spec` as count-matrix chunks; the same (n, spec) gives the same resamples."""
+    rng = np.random.default_rng(spec.seed)
+    chunk = max(1, min(spec.samples, _MAX_CHUNK_ENTRIES // max(n, 1)))
+    sizes = [chunk] * (spec.samples // chunk) + ([spec.samples % chunk] if spec.samples % chunk else [])
+    return [bootstrap_counts(n, size, rng) for size in sizes]
+
+
+def bootstrap_estimate(
+    name: str, statistic: Statistic, baseline: Statistic, n: int, spec: BootstrapSpec
+) -> Estimate:
+    """Evaluate `statistic` and `baseline` on the full data and on the resamples of `spec` (paired)."""
+    if n < 2:
+        raise EvaluationDataError(f"{name}: need at least 2 units (contexts or episodes) to bootstrap, got {n}")
+    full = np.ones((1, n))
+    value = float(statistic(full)[0])
+    base = float(baseline(full)[0])
+    values, bases = [], []
+    for counts in iter_bootstrap_counts(n, spec):
+        values.append(statistic(counts))
+        bases.append(baseline(counts))
+    boot = np.concatenate(values)  # (B,)
+    boot_base = np.concatenate(bases)  # (B,)
+    lower, upper = _percentile_interval(boot, spec.confidence)
+    if base == 0.0:
+        relative = rel_lower = rel_upper = None
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel_lower, rel_upper = _percentile_interval(boot / boot_base, spec.confidence)
+        relative = value / base
+    return Estimate(name, value, lower, upper, relative, rel_lower, rel_upper, n, base)
+
+
+def _percentile_interval(draws: np.ndarray, confidence: float) -> tuple[float, float]:
+    alpha = (1.0 - confidence) / 2.0
+    finite = draws[np.isfinite(draws)]
+    if finite.size == 0:
+        return math.nan, math.nan
+    lo, hi = np.quantile(finite, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+# ------------------------------------------------------------------------ weighted statistics builders
+def weighted_mean(terms: np.ndarray) -> Statistic:
+    """Statistic: the (resample-weighted) mean of per-unit terms (N,)."""
+    terms = np.asarray(terms, dtype=np.float64)
+    return lambda counts: (counts @ terms) / counts.sum(axis=1)
+
+
+def weighted_ratio(numerator: np.ndarray, denominator: np.ndarray) -> Statistic:
+    """Statistic: sum(numerator) / sum(denominator) over the resample (self-normalized estimators)."""
+    numerator = np.asarray(numerator, dtype=np.float64)
+    denominator = np.asarray(denominator, dtype=np.float64)
+
+    def statistic(counts: np.ndarray) -> np.ndarray:
+        den = counts @ denominator
+        # nan when the resample has no weight at all (the target never takes a logged action).
+        return np.divide(counts @ numerator, den, out=np.full_like(den, np.nan), where=den != 0)
+
+    return statistic
+
+
+def check_rows(rule: str, column: str, bad: np.ndarray, values: np.ndarray | None = None) -> None:
+    """Raise EvaluationDataError naming `rule` and `column` when any entry of the boolean `bad` is set."""
+    bad = np.asarray(bad)
+    if bad.ndim > 1:
+        bad = bad.reshape(bad.shape[0], -1).any(axis=1)
+    count = int(bad.sum())
+    if count == 0:
+        return
+    rows = np.flatnonzero(bad)[:5]
+    shown = ""
+    if values is not None:
+        shown = f", values {np.asarray(values)[rows].tolist()}"
+    raise EvaluationDataError(f"{rule}: column {column!r} violates it in {count} rows (e.g. rows {rows.tolist()}{shown})")

@@ -1,0 +1,198 @@
+"""Fitted Q evaluation (Le, Voloshin & Yue 2019) and the one-step reward model, as small torch MLPs.
+
+FQE iterates Q_k(s, a) <- r + gamma^n * not_terminal * sum_a' pi(a'|s') Q_{k-1}(s', a') on logged transitions:
+each iteration freezes a copy of the network, computes the targets with it, and regresses the network on them
+for `epochs` passes (warm-started). After K iterations Q covers about K steps of the future. With gamma = 0
+(one iteration) it is a reward model q(x, a) = E[r | x, a], which `fit_reward_model` provides.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from reagent_recsys.evaluation.bootstrap import EvaluationDataError, check_rows
+
+
+class QNetwork(nn.Module):
+    """MLP state -> Q(s, .) with its input standardization and reward scale baked in (so it is self-contained)."""
+
+    def __init__(self, state_mean: np.ndarray, state_std: np.ndarray, reward_scale: float,
+                 num_actions: int, hidden_sizes: Sequence[int]) -> None:
+        super().__init__()
+        self.register_buffer("state_mean", torch.as_tensor(state_mean, dtype=torch.float32))
+        self.register_buffer("state_std", torch.as_tensor(state_std, dtype=torch.float32))
+        self.register_buffer("reward_scale", torch.tensor(float(reward_scale)))
+        layers: list[nn.Module] = []
+        width = len(state_mean)
+        for hidden in hidden_sizes:
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        layers.append(nn.Linear(width, num_actions))
+        self.mlp = nn.Sequential(*layers)
+
+    def scaled(self, state: torch.Tensor) -> torch.Tensor:
+        """(B, F) -> (B, A) Q in units of reward_scale (what is trained)."""
+        return self.mlp((state - self.state_mean) / self.state_std)
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        """(B, F) -> (B, A) Q in reward units."""
+        return self.scaled(state) * self.reward_scale
+
+
+@dataclass
+class FittedQ:
+    """A fitted Q (or reward) model and its training trace."""
+
+    network: QNetwork
+    gamma: float
+    losses: list[float] = field(default_factory=list)  # mean regression loss per iteration (scaled units)
+
+    @torch.no_grad()
+    def q_values(self, state: np.ndarray, batch_size: int = 65536) -> np.ndarray:
+        """(N, F) states -> (N, A) Q-values (numpy, float64)."""
+        self.network.eval()
+        state_t = torch.as_tensor(np.asarray(state), dtype=torch.float32)
+        chunks = [self.network(state_t[i:i + batch_size]) for i in range(0, len(state_t), batch_size)]
+        return torch.cat(chunks).double().numpy()
+
+    def values(self, state: np.ndarray, target_probs: np.ndarray) -> np.ndarray:
+        """(N,) V(s) = sum_a pi(a|s) Q(s, a)."""
+        return (self.q_values(state) * target_probs).sum(axis=1)
+
+
+def fqe_settings(config, seed: int = 0) -> dict[str, Any]:
+    """fit_fqe's keyword settings from an ``EvaluationConfig``: ``fit_fqe(..., **fqe_settings(cfg, seed))``."""
+    return {"iterations": config.fqe_iterations, "epochs": config.fqe_epochs,
+            "hidden_sizes": tuple(config.fqe_hidden_sizes), "learning_rate": config.fqe_learning_rate,
+            "batch_size": config.fqe_batch_size, "seed": seed}
+
+
+def fit_fqe(
+    state: np.ndarray,  # (N, F)
+    action: np.ndarray,  # (N,) int
+    reward: np.ndarray,  # (N,) reward (n-step discounted reward for n-step transitions)
+    next_state: np.ndarray,  # (N, F); ignored where not_terminal is false
+    not_terminal: np.ndarray,  # (N,) bool
+    next_target_probs: np.ndarray,  # (N, A) pi(. | s'), restricted to the possible next actions
+    gamma: float,
+    *,
+    n_steps: np.ndarray | None = None,  # (N,) steps between s and s' (discount gamma^n); None: 1
+    iterations: int = 30,
+    epochs: int = 2,
+    hidden_sizes: Sequence[int] = (64, 64),
+    learning_rate: float = 1e-3,
+    batch_size: int = 512,
+    seed: int = 0,
+    num_threads: int | None = 1,
+) -> FittedQ:
+    """Fit Q^pi by fitted Q evaluation on logged transitions; same seed, same model.
+
+    num_threads: torch intra-op threads while fitting (restored after); these small MLPs run several times
+    faster on 1 thread than on 2 busy cores. None keeps torch's setting.
+    """
+    previous_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        return _fit_fqe(state, action, reward, next_state, not_terminal, next_target_probs, gamma, n_steps,
+                        iterations, epochs, hidden_sizes, learning_rate, batch_size, seed)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _fit_fqe(state, action, reward, next_state, not_terminal, next_target_probs, gamma, n_steps,
+             iterations, epochs, hidden_sizes, learning_rate, batch_size, seed) -> FittedQ:
+    state, next_state = np.asarray(state, np.float32), np.asarray(next_state, np.float32)
+    action, reward = np.asarray(action, np.int64), np.asarray(reward, np.float64)
+    not_terminal = np.asarray(not_terminal).astype(bool)
+    next_target_probs = np.asarray(next_target_probs, np.float64)
+    n, num_actions = next_target_probs.shape
+    _check_transitions(state, action, reward, next_state, not_terminal, next_target_probs, n, num_actions)
+    if not 0 <= gamma <= 1:
+        raise EvaluationDataError(f"gamma must be in [0, 1], got {gamma}")
+    discount = gamma ** (np.ones(n) if n_steps is None else np.asarray(n_steps, np.float64))  # (N,)
+    discount = np.where(not_terminal, discount, 0.0)
+    # Terminal rows may hold anything (NaN) in s' and pi(.|s'): zero them, since 0 * NaN is NaN.
+    next_state = np.where(not_terminal[:, None], next_state, 0.0).astype(np.float32)
+    next_target_probs = np.where(not_terminal[:, None], next_target_probs, 0.0)
+
+    std = state.std(axis=0)
+    reward_std = float(reward.std())
+    reward_scale = reward_std if reward_std > 1e-8 else 1.0  # Q is trained in units of the reward's spread
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global torch RNG
+        torch.manual_seed(seed)
+        net = QNetwork(state.mean(axis=0), np.where(std > 1e-6, std, 1.0), reward_scale, num_actions, hidden_sizes)
+    optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
+    generator = torch.Generator().manual_seed(seed)
+
+    s, s_next = torch.from_numpy(state), torch.from_numpy(next_state)
+    a = torch.from_numpy(action)
+    r_scaled = torch.from_numpy(reward / reward_scale).float()  # (N,)
+    disc = torch.from_numpy(discount).float()  # (N,)
+    pi_next = torch.from_numpy(next_target_probs).float()  # (N, A)
+    losses = []
+    for _ in range(iterations):
+        target_net = copy.deepcopy(net).eval()
+        with torch.no_grad():
+            v_next = torch.cat([(target_net.scaled(s_next[i:i + 65536]) * pi_next[i:i + 65536]).sum(1)
+                                for i in range(0, n, 65536)])  # (N,)
+            td_target = r_scaled + disc * v_next  # (N,)
+        net.train()
+        total, steps = 0.0, 0
+        for _ in range(epochs):
+            for batch in torch.randperm(n, generator=generator).split(batch_size):
+                q_taken = net.scaled(s[batch]).gather(1, a[batch, None])[:, 0]  # (B,)
+                loss = nn.functional.mse_loss(q_taken, td_target[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total, steps = total + loss.item(), steps + 1
+        losses.append(total / steps)
+    return FittedQ(net.eval(), gamma, losses)
+
+
+def fit_reward_model(
+    state: np.ndarray,  # (N, F)
+    action: np.ndarray,  # (N,) int
+    reward: np.ndarray,  # (N,)
+    num_actions: int,
+    *,
+    epochs: int = 20,
+    hidden_sizes: Sequence[int] = (64, 64),
+    learning_rate: float = 1e-3,
+    batch_size: int = 512,
+    seed: int = 0,
+    num_threads: int | None = 1,
+) -> FittedQ:
+    """q(x, a) = E[r | x, a] for DM/DR: FQE with gamma = 0 and a single iteration."""
+    state = np.asarray(state, np.float32)
+    n = len(state)
+    return fit_fqe(
+        state, action, reward, state, np.zeros(n, bool), np.full((n, num_actions), 1.0 / num_actions), 0.0,
+        iterations=1, epochs=epochs, hidden_sizes=hidden_sizes, learning_rate=learning_rate,
+        batch_size=batch_size, seed=seed, num_threads=num_threads,
+    )
+
+
+def _check_transitions(state, action, reward, next_state, not_terminal, next_target_probs, n, num_actions) -> None:
+    for name, value, shape in (("state", state, (n, state.shape[-1])), ("next_state", next_state, state.shape),
+                               ("action", action, (n,)), ("reward", reward, (n,)),
+                               ("not_terminal", not_terminal, (n,))):
+        if value.shape != shape or state.ndim != 2:
+            raise EvaluationDataError(f"{name} must have shape {shape} (N from next_target_probs), got {value.shape}")
+    check_rows("action index in [0, A)", "action", (action < 0) | (action >= num_actions), action)
+    check_rows("finite reward", "reward", ~np.isfinite(reward), reward)
+    check_rows("finite state", "state", ~np.isfinite(state))
+    live = not_terminal[:, None]
+    check_rows("finite next state where not terminal", "next_state", live & ~np.isfinite(next_state))
+    probs_ok = np.isfinite(next_target_probs) & (next_target_probs >= 0)
+    check_rows("probabilities finite and >= 0 where not terminal", "next_target_probs", live & ~probs_ok)
+    sums = np.where(not_terminal, np.nan_to_num(next_target_probs).sum(axis=1), 1.0)
+    check_rows("probabilities sum to 1 where not terminal", "next_target_probs", np.abs(sums - 1) > 1e-4, sums)
