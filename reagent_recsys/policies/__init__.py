@@ -1,0 +1,23 @@
+"""Logging (behaviour) policies that generate the logged data."""
+
+from reagent_recsys.policies.logging import (
+    EpsilonGreedyPolicy,
+    GreedyPolicy,
+    LoggingPolicy,
+    MixturePolicy,
+    RandomPolicy,
+    SoftmaxPolicy,
+    build_policy,
+    sample_categorical,
+)
+
+__all__ = [
+    "EpsilonGreedyPolicy",
+    "GreedyPolicy",
+    "LoggingPolicy",
+    "MixturePolicy",
+    "RandomPolicy",
+    "SoftmaxPolicy",
+    "build_policy",
+    "sample_categorical",
+]
