@@ -53,8 +53,10 @@ class EnvConfig(StrictModel):
     time_budget: int | None = Field(None, gt=0, description="Steps per episode.")
     num_candidates: int | None = Field(None, gt=0, description="Candidate documents offered each step.")
     slate_size: int | None = Field(None, gt=0, description="Documents in a slate; the user clicks the first.")
-    initial_npe: float | None = Field(
-        None, description="Fixed starting NPE; null draws (U(0,1) - 0.5) / (1 - memory_discount)."
+    initial_npe: float | Literal["random"] | None = Field(
+        None,
+        description="Starting NPE: a number fixes it; `random` draws recsim's (U(0,1) - 0.5) / (1 - memory_discount) "
+        "per user; null takes the preset's (random for recsim and strong, 1.0 for sweet_bitter).",
     )
     document_sampler: Literal["uniform", "sweet_bitter"] | None = Field(
         None, description="uniform: clickbait ~ U(0,1); sweet_bitter: even slots U[0.8,1], odd slots U[0,0.2]."
@@ -79,22 +81,26 @@ class EnvConfig(StrictModel):
 class RandomPolicyConfig(StrictModel):
     """Uniform over the candidates."""
 
-    type: Literal["random"] = "random"
+    type: Literal["random"] = Field("random", description="Policy kind.")
 
 
 class GreedyPolicyConfig(StrictModel):
     """Always the candidate with the largest (or smallest) document feature."""
 
-    type: Literal["greedy"] = "greedy"
-    feature: Literal["clickbait"] = Field("clickbait", description="Document feature to rank by.")
+    type: Literal["greedy"] = Field("greedy", description="Policy kind.")
+    feature: str = Field(
+        "clickbait", description="Document feature to rank by (checked against the env's document features)."
+    )
     direction: Literal["max", "min"] = Field("max", description="max: sweetest; min: bitterest.")
 
 
 class SoftmaxPolicyConfig(StrictModel):
     """Softmax over a document feature (times +1 for max, -1 for min) at a temperature."""
 
-    type: Literal["softmax"] = "softmax"
-    feature: Literal["clickbait"] = Field("clickbait", description="Document feature used as the score.")
+    type: Literal["softmax"] = Field("softmax", description="Policy kind.")
+    feature: str = Field(
+        "clickbait", description="Document feature used as the score (checked against the env's features)."
+    )
     direction: Literal["max", "min"] = Field("max", description="Sign of the score.")
     temperature: float = Field(1.0, gt=0, description="Softmax temperature.")
 
@@ -102,7 +108,7 @@ class SoftmaxPolicyConfig(StrictModel):
 class EpsilonGreedyPolicyConfig(StrictModel):
     """With probability epsilon a uniform candidate, else the expert's action."""
 
-    type: Literal["epsilon_greedy"] = "epsilon_greedy"
+    type: Literal["epsilon_greedy"] = Field("epsilon_greedy", description="Policy kind.")
     epsilon: float = Field(0.1, ge=0, le=1, description="Exploration probability.")
     expert: GreedyPolicyConfig = Field(default_factory=GreedyPolicyConfig, description="The greedy expert.")
 
@@ -115,7 +121,7 @@ class MixtureComponent(StrictModel):
 class MixturePolicyConfig(StrictModel):
     """Per-episode mixture: each episode draws one component policy by weight."""
 
-    type: Literal["mixture"] = "mixture"
+    type: Literal["mixture"] = Field("mixture", description="Policy kind.")
     components: list[MixtureComponent] = Field(min_length=1, description="Weighted component policies.")
 
     @model_validator(mode="after")
@@ -145,7 +151,10 @@ class LoggingConfig(StrictModel):
     num_episodes: int = Field(1000, gt=0, description="Episodes to simulate.")
     batch_size: int = Field(4096, gt=0, description="Users simulated side by side (vectorized).")
     policy: PolicyConfig = Field(default_factory=RandomPolicyConfig, description="The logging policy.")
-    ds: str = Field("2026-01-01", description="Value of the `ds` partition column.")
+    ds: str = Field(
+        "2026-01-01", pattern=r"^[0-9A-Za-z_.-]+$",
+        description="Value of the `ds` partition column (letters, digits, '-', '_', '.'; it names a directory).",
+    )
 
 
 # -------------------------------------------------------------------------------------- preprocessing
@@ -155,7 +164,10 @@ class TimelineConfig(StrictModel):
     input_path: str | None = Field(
         None, description="Input mdp table (any Hadoop-compatible path); null reads output_dir/mdp."
     )
-    multi_steps: int = Field(1, ge=1, description="n of the n-step transitions (1 = one-step).")
+    output_path: str | None = Field(
+        None, description="Output directory of the timeline (any Hadoop-compatible path); null: output_dir/timeline."
+    )
+    multi_steps: int = Field(1, ge=1, le=1000, description="n of the n-step transitions (1 = one-step).")
     gamma: float = Field(0.99, ge=0, le=1, description="Discount used for n-step rewards.")
     eval_fraction: float = Field(0.2, ge=0, lt=1, description="Share of episodes (by mdp_id hash) in eval.")
     outlier_episode_length_percentile: float | None = Field(
@@ -170,6 +182,12 @@ class TimelineConfig(StrictModel):
         "fail", description="fail: stop on invalid rows; quarantine: write them to a rejects table and go on."
     )
 
+    @model_validator(mode="after")
+    def _ds_range_ordered(self) -> TimelineConfig:
+        if self.ds_start is not None and self.ds_end is not None and self.ds_start > self.ds_end:
+            raise ValueError(f"ds_start ({self.ds_start!r}) must be <= ds_end ({self.ds_end!r})")
+        return self
+
 
 class NormalizationConfig(StrictModel):
     """Stage 3, workflow.identify_normalization: per-feature statistics -> a type and parameters."""
@@ -178,10 +196,25 @@ class NormalizationConfig(StrictModel):
     quantile_size: int = Field(20, gt=1, description="Quantile boundaries kept for QUANTILE features.")
     quantile_relative_error: float = Field(0.001, gt=0, lt=1, description="approxQuantile relative error.")
     sample_size: int = Field(100_000, gt=0, description="Bounded sample size for Box-Cox fitting.")
-    skip_box_cox: bool = Field(False, description="Never choose BOXCOX.")
+    skip_box_cox: bool = Field(False, description="Never choose BOXCOX unless overridden.")
+    quantile_k2_threshold: float = Field(
+        1000.0, gt=0, description="Normality-test K2 of the sample above which a continuous feature -> QUANTILE."
+    )
+    clip: float = Field(
+        11.513, gt=0, description="CONTINUOUS and BOXCOX outputs are clamped to [-clip, clip] (stddevs)."
+    )
     overrides: dict[int, Literal[
         "BINARY", "PROBABILITY", "CONTINUOUS", "BOXCOX", "QUANTILE", "ENUM", "DO_NOT_PREPROCESS"
     ]] = Field(default_factory=dict, description="Feature id -> forced normalization type.")
+
+
+class TrainingTableConfig(StrictModel):
+    """Stage 3b, workflow.training_table: timeline + normalization.json -> the dense training table."""
+
+    action_names: list[str] | None = Field(
+        None, description="Action order of the action indices and masks; null: the sorted distinct actions of "
+        "the timeline (numeric-aware: \"2\" before \"10\")."
+    )
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -193,7 +226,9 @@ class TrainingConfig(StrictModel):
     learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
     batch_size: int = Field(1024, gt=0, description="Transitions per update.")
     epochs: int = Field(10, gt=0, description="Passes over the training table.")
-    hidden_sizes: list[int] = Field(default_factory=lambda: [256, 128], description="MLP hidden layer sizes.")
+    hidden_sizes: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=lambda: [256, 128], description="MLP hidden layer sizes (the last one feeds the heads)."
+    )
     dueling: bool = Field(True, description="Dueling value/advantage heads.")
     double_q: bool = Field(True, description="Double-Q targets.")
     tau: float = Field(0.01, gt=0, le=1, description="Soft target update rate.")
@@ -201,8 +236,19 @@ class TrainingConfig(StrictModel):
     grad_clip_norm: float | None = Field(10.0, gt=0, description="Gradient norm clip; null disables.")
     cql_alpha: float = Field(1.0, ge=0, description="CQL regularizer weight (algorithm: cql).")
     bcq_threshold: float = Field(0.3, ge=0, le=1, description="BCQ action threshold (algorithm: bcq).")
-    loader: Literal["arrow", "petastorm"] = Field("arrow", description="Training table reader.")
+    loader: Literal["arrow", "petastorm"] = Field(
+        "arrow", description="Training table reader: arrow (pyarrow.dataset, ~4x faster here) or petastorm."
+    )
     shuffle_buffer: int = Field(100_000, ge=0, description="Rows in the shuffle buffer (0: no row shuffle).")
+    time_diff_discount: bool = Field(
+        False, description="Bootstrap discount gamma^time_diff (sequence-number gap) instead of gamma^n_steps."
+    )
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many updates in total; null: epochs only.")
+    resume: bool = Field(False, description="Continue from the last checkpoint under output_dir/training/checkpoints.")
+    log_every: int = Field(20, gt=0, description="Write TensorBoard scalars every this many updates.")
+    torch_threads: int | None = Field(
+        None, gt=0, description="torch intra-op threads for training (null: torch's default; 1 on busy machines)."
+    )
 
 
 class ExportConfig(StrictModel):
@@ -216,8 +262,28 @@ class EvaluationConfig(StrictModel):
     """Stage 6, workflow.evaluate: counterfactual policy evaluation and simulator ground truth."""
 
     ground_truth_episodes: int = Field(2000, gt=0, description="Simulated episodes for the true value.")
-    bootstrap_samples: int = Field(200, gt=0, description="Bootstrap resamples for the 95% intervals.")
-    fqe_epochs: int = Field(5, gt=0, description="Epochs of fitted Q evaluation.")
+    bootstrap_samples: int = Field(
+        200, ge=20, description="Bootstrap resamples (of contexts, or of whole episodes) behind every interval."
+    )
+    confidence_level: float = Field(
+        0.95, gt=0, lt=1, description="Coverage of the percentile bootstrap intervals (0.95: 2.5% to 97.5%)."
+    )
+    switch_tau: float = Field(
+        10.0, ge=0, description="Switch-DR threshold on the importance weight: DR where weight <= tau, else DM."
+    )
+    magic_num_j_steps: int = Field(
+        10, ge=2, description="MAGIC blends at most this many j-step returns (always incl. pure model and WDR)."
+    )
+    fqe_iterations: int = Field(
+        30, gt=0, description="FQE iterations K: Q_k is regressed on r + gamma * E_pi Q_{k-1} (reach ~K steps)."
+    )
+    fqe_epochs: int = Field(2, gt=0, description="FQE passes over the transitions per iteration.")
+    fqe_hidden_sizes: list[int] = Field(
+        default_factory=lambda: [64, 64], description="Hidden layer sizes of the FQE and reward-model MLPs."
+    )
+    fqe_learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate of FQE and the reward model.")
+    fqe_batch_size: int = Field(512, gt=0, description="Transitions per FQE gradient step.")
+    reward_model_epochs: int = Field(20, gt=0, description="Passes over the data fitting the one-step reward model.")
 
 
 class SparkConfig(StrictModel):
@@ -241,6 +307,9 @@ class PipelineConfig(StrictModel):
     timeline: TimelineConfig = Field(default_factory=TimelineConfig, description="workflow.timeline_operator.")
     normalization: NormalizationConfig = Field(
         default_factory=NormalizationConfig, description="workflow.identify_normalization."
+    )
+    training_table: TrainingTableConfig = Field(
+        default_factory=TrainingTableConfig, description="workflow.training_table."
     )
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="workflow.train.")
     export: ExportConfig = Field(default_factory=ExportConfig, description="workflow.export.")
