@@ -26,11 +26,36 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(final: Path) -> None:
+    """Delete `.name.tmp-<pid>-*` siblings left by writers that were killed (their process is gone)."""
+    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
+        pid = tmp.name.removeprefix(f".{final.name}.tmp-").split("-")[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory; on success it replaces `final` in one rename, on error it is removed."""
+    """Yield a temporary sibling directory; on success it replaces `final` in one rename, on error it is removed.
+
+    Temporaries of earlier writers that were killed (SIGKILL skips every cleanup) are removed first.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
