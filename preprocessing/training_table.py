@@ -1,0 +1,111 @@
+"""The dense training table (pure: timeline DataFrame + feature order + action names -> DataFrame).
+
+Maps become fixed-length float32 arrays in the normalization artifact's feature order (0 where absent, with a
+presence array), actions become integer indices into `action_names`, possible actions become masks, and terminal
+rows get zeros: the result has exactly the columns of `reagent_recsys.schema.TRAINING`, numeric only and non-null,
+so petastorm can read it. Compiled column expressions only; no Python UDFs.
+"""
+
+from __future__ import annotations
+
+import re
+
+from preprocessing.timeline import DataValidationError
+from reagent_recsys.schema import TRAINING
+
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+def sort_action_names(names: set[str] | list[str]) -> list[str]:
+    """Numeric-aware order: numbers by value ("2" before "10"), then other names alphabetically."""
+    def key(name: str) -> tuple[int, float, str]:
+        return (0, float(name), name) if _NUMBER.match(name) else (1, 0.0, name)
+
+    return sorted(set(names), key=key)
+
+
+def _action_columns(timeline):
+    """Every action name the timeline mentions, as one string column `a` (a DataFrame)."""
+    from pyspark.sql import functions as F
+
+    mentioned = F.array_union(
+        F.array(F.col("action"), F.col("next_action")),
+        F.array_union(F.col("possible_actions"), F.col("possible_next_actions")),
+    )
+    return timeline.select(F.explode(mentioned).alias("a")).where(F.col("a").isNotNull() & (F.col("a") != ""))
+
+
+def collect_action_names(*timelines) -> list[str]:
+    """The sorted distinct actions (logged, next and possible) of one or more timeline DataFrames."""
+    names: set[str] = set()
+    for timeline in timelines:
+        names.update(r.a for r in _action_columns(timeline).distinct().collect())
+    if not names:
+        raise DataValidationError("rule actions_present: column action: the timeline names no action (0 rows?)")
+    return sort_action_names(names)
+
+
+def check_actions(timeline, action_names: list[str]) -> None:
+    """Raise DataValidationError when the timeline mentions an action outside `action_names`."""
+    from pyspark.sql import functions as F
+
+    unknown = _action_columns(timeline).where(~F.col("a").isin(action_names))
+    count = unknown.count()
+    if count:
+        examples = sorted({r.a for r in unknown.limit(50).collect()})[:5]
+        raise DataValidationError(
+            f"rule known_action: columns action/next_action/possible_actions/possible_next_actions: {count} "
+            f"rows mention actions outside training_table.action_names {action_names[:10]}; examples: {examples}"
+        )
+
+
+def build_training_table(timeline, feature_ids: list[int], action_names: list[str]):
+    """The TRAINING columns for a timeline DataFrame (TIMELINE columns). Features outside `feature_ids` are
+    dropped; actions outside `action_names` become nulls, so check them first (`check_actions`)."""
+    from pyspark.sql import functions as F
+
+    if not feature_ids or not action_names:
+        raise ValueError("build_training_table needs at least one feature id and one action name")
+    # Explicit arrays of per-id expressions: Spark compiles them (transform(...) lambdas are interpreted, ~2x slower).
+    ids = [F.lit(int(f)).cast("long") for f in feature_ids]  # (F,)
+    index = F.create_map(*[x for k, a in enumerate(action_names) for x in (F.lit(a), F.lit(k).cast("long"))])
+    not_terminal = F.col("not_terminal")
+
+    def dense(features: str):  # map<long, float> -> (F,) float32, 0 where absent
+        return F.array(*[F.coalesce(F.col(features)[i], F.lit(0.0)).cast("float") for i in ids])
+
+    def presence(features: str):  # (F,) int8
+        return F.array(*[F.col(features)[i].isNotNull().cast("byte") for i in ids])
+
+    def mask(actions: str):  # list<string> -> (A,) int8
+        return F.array(*[
+            F.coalesce(F.array_contains(F.col(actions), F.lit(a)), F.lit(False)).cast("byte") for a in action_names
+        ])
+
+    def zeros(kind: str, n: int):
+        return F.array_repeat(F.lit(0).cast(kind), n)
+
+    nf, na = len(feature_ids), len(action_names)
+    columns = {
+        "mdp_key": F.xxhash64("mdp_id"),
+        "sequence_number": F.col("sequence_number").cast("long"),
+        "state": dense("state_features"),
+        "state_presence": presence("state_features"),
+        "action": F.try_element_at(index, F.col("action")),
+        "action_probability": F.col("action_probability").cast("double"),
+        "reward": F.col("reward").cast("double"),
+        "n_step_reward": F.col("n_step_reward").cast("double"),
+        "next_state": F.when(not_terminal, dense("next_state_features")).otherwise(zeros("float", nf)),
+        "next_state_presence": F.when(not_terminal, presence("next_state_features")).otherwise(zeros("byte", nf)),
+        "next_action": F.when(not_terminal, F.try_element_at(index, F.col("next_action"))).otherwise(F.lit(0).cast("long")),
+        "possible_actions_mask": mask("possible_actions"),
+        "possible_next_actions_mask": F.when(not_terminal, mask("possible_next_actions")).otherwise(
+            zeros("byte", na)
+        ),
+        "not_terminal": not_terminal.cast("boolean"),
+        "time_diff": F.col("time_diff").cast("long"),
+        "n_steps": F.col("n_steps").cast("long"),
+    }
+    table = timeline.select(*[columns[name].alias(name) for name in TRAINING.names])
+    TRAINING.check_spark(table.schema, allow_extra=False)
+    return table
