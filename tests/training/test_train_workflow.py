@@ -1,0 +1,137 @@
+"""workflow.train end to end on a tiny synthetic run: outputs, TensorBoard, checkpoints, resume, determinism."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from reagent_recsys.data.synthetic import synthetic_normalization
+from reagent_recsys.training.trainer import load_model
+from tests.training.helpers import make_run, tiny_config
+from workflow.train import train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, dict]:
+    out = make_run(tmp_path_factory.mktemp("run"))
+    return out, train(tiny_config(out, epochs=2))
+
+
+def test_outputs_and_summary(trained):
+    out, summary = trained
+    assert summary["updates"] == 2 * 16  # 2000 rows / 128 per batch -> 16 batches per epoch
+    assert summary["epochs"] == 2 and summary["rows_seen_rank"] == 4000
+    on_disk = json.loads((out / "training" / "summary.json").read_text())
+    assert on_disk["weights_sha256"] == summary["weights_sha256"]
+    model, payload = load_model(out / "training" / "model.pt")
+    assert payload["action_names"] == ["0", "1", "2", "3", "4"] and payload["feature_ids"] == [1, 2, 3, 4, 5, 6]
+    assert model(torch.zeros(3, 6))[0].shape == (3, 5)
+
+
+def test_checkpoints_load_with_weights_only(trained):
+    out, _ = trained
+    checkpoints = sorted((out / "training" / "checkpoints").glob("epoch_*.pt"))
+    assert [p.name for p in checkpoints] == ["epoch_0001.pt", "epoch_0002.pt"]
+    state = torch.load(checkpoints[-1], weights_only=True)
+    assert state["epoch"] == 2 and state["step"] == 32 and "optimizer" in state
+    torch.load(out / "training" / "model.pt", weights_only=True)
+
+
+def test_tensorboard_events_have_the_tags(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = trained
+    events = EventAccumulator(str(out / "training" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("train/td_loss", "train/q_mean", "train/q_max", "train/grad_norm", "train/learning_rate",
+                "actions/model/0", "actions/logged/4"):
+        assert tag in tags, (tag, sorted(tags))
+    assert len(events.Scalars("train/td_loss")) == 32 // 5
+    logged = sum(events.Scalars(f"actions/logged/{a}")[-1].value for a in range(5))
+    assert logged == pytest.approx(1.0)
+
+
+def test_same_seed_same_weights_and_resume_matches(tmp_path, trained):
+    _, summary = trained
+    again = train(tiny_config(make_run(tmp_path / "again"), epochs=2))
+    assert again["weights_sha256"] == summary["weights_sha256"]
+    other = validate_seed(make_run(tmp_path / "other"), seed=4)
+    assert other["weights_sha256"] != summary["weights_sha256"]
+    # Continue the 2-epoch run to 3 epochs; it must equal a fresh 3-epoch run.
+    fresh = train(tiny_config(make_run(tmp_path / "fresh"), epochs=3))
+    resumed = train(tiny_config(tmp_path / "again", epochs=3, resume=True))
+    assert resumed["resumed_from"].endswith("epoch_0002.pt")
+    assert resumed["updates"] == fresh["updates"] == 48
+    assert resumed["weights_sha256"] == fresh["weights_sha256"]
+
+
+def validate_seed(out: Path, seed: int) -> dict:
+    config = tiny_config(out, epochs=2)
+    config.seed = seed
+    return train(config)
+
+
+@pytest.mark.parametrize("loader", ["arrow", "petastorm"])
+def test_max_steps_stops_early(tmp_path, loader):
+    summary = train(tiny_config(make_run(tmp_path), epochs=5, max_steps=20, loader=loader))
+    assert summary["updates"] == 20 and summary["epochs"] == 2 and summary["loader"] == loader
+
+
+def test_feature_mismatch_is_reported(tmp_path):
+    out = make_run(tmp_path)
+    synthetic_normalization([1, 2, 3]).save(out / "normalization.json")
+    with pytest.raises(ValueError, match="feature_ids .* differ from .*normalization.json"):
+        train(tiny_config(out))
+
+
+def test_missing_inputs_are_reported(tmp_path):
+    with pytest.raises(FileNotFoundError, match="workflow.training_table"):
+        train(tiny_config(tmp_path))
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_resume(tmp_path):
+    """A real `cli.py run workflow.train` killed with SIGKILL after its first checkpoint, then resumed."""
+    training = {"epochs": 6, "batch_size": 32, "hidden_sizes": [64, 64], "torch_threads": 1, "log_every": 50,
+                "shuffle_buffer": 1000}
+    killed_dir, clean_dir = make_run(tmp_path / "killed", 3000), make_run(tmp_path / "clean", 3000)
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump({"output_dir": str(killed_dir), "seed": 1, "training": training}))
+    command = [sys.executable, str(ROOT / "workflow" / "cli.py"), "run", "workflow.train", str(config_path)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = killed_dir / "training" / "checkpoints" / "epoch_0001.pt"
+    deadline = time.monotonic() + 120
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "training finished (or failed) before it could be killed: " + proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed_dir / "training" / "model.pt").exists()
+
+    resumed = subprocess.run([*command, "--set", "training.resume=true"], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads((killed_dir / "training" / "summary.json").read_text())
+    assert summary["resumed_from"] is not None
+
+    config = tiny_config(clean_dir, **training)
+    config.seed = 1
+    clean = train(config)
+    assert summary["updates"] == clean["updates"] == 6 * 94  # ceil(3000 / 32) per epoch
+    assert summary["weights_sha256"] == clean["weights_sha256"]
+    shutil.rmtree(tmp_path, ignore_errors=True)
