@@ -33,7 +33,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("workflow.offline_gym", "mdp", ("env", "logging")),
     Stage("workflow.timeline_operator", "timeline", ("timeline",)),
     Stage("workflow.identify_normalization", "normalization.json", ("normalization",)),
-    Stage("workflow.training_table", "training_table", ()),
+    Stage("workflow.training_table", "training_table", ("training_table",)),
     Stage("workflow.train", "training", ("training",)),
     Stage("workflow.export", "export", ("export",)),
     Stage("workflow.evaluate", "evaluation", ("evaluation",)),

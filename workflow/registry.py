@@ -26,6 +26,20 @@ WORKFLOWS: dict[str, Workflow] = {
     for w in (
         Workflow("workflow.offline_gym", "workflow.offline_gym", "offline_gym",
                  "Simulate users with a logging policy and write the mdp table."),
+        Workflow("workflow.timeline_operator", "workflow.timeline_operator", "timeline_operator",
+                 "Validate the mdp table and write n-step transitions split into train/eval (Spark)."),
+        Workflow("workflow.identify_normalization", "workflow.identify_normalization", "identify_normalization",
+                 "Per-feature statistics of timeline/train -> normalization.json (types and parameters; Spark)."),
+        Workflow("workflow.training_table", "workflow.training_table", "training_table",
+                 "Timeline + normalization.json -> the dense, numeric training table (Spark)."),
+        Workflow("workflow.train", "workflow.train", "train",
+                 "DQN/CQL/BCQ on training_table/train -> training/model.pt, checkpoints, TensorBoard."),
+        Workflow("workflow.export", "workflow.export", "export",
+                 "training/model.pt + normalization.json -> export/policy.pt (TorchScript) + metadata.json."),
+        Workflow("workflow.evaluate", "workflow.evaluate", "evaluate",
+                 "CPE of export/policy.pt on the eval split + simulator ground truth -> evaluation/report.{json,png}."),
+        Workflow("workflow.end_to_end", "workflow.end_to_end", "end_to_end",
+                 "Every stage in order from one YAML, skipping stages whose output is up to date."),
     )
 }
 

@@ -40,7 +40,11 @@ def training_table(config: PipelineConfig) -> dict[str, Any]:
     rows = {}
     with io.atomic_output(spark, output) as tmp:
         for split, df in timelines.items():
-            build_training_table(df, artifact.feature_ids, action_names).write.parquet(f"{tmp}/{split}")
+            table = build_training_table(df, artifact.feature_ids, action_names)
+            # Sorted and range-partitioned: deterministic files (same seed, same weights downstream) and enough
+            # row groups for every process of a distributed training run to read its own shard.
+            ordered = table.repartitionByRange(config.training_table.num_files, "mdp_key", "sequence_number")
+            ordered.sortWithinPartitions("mdp_key", "sequence_number").write.parquet(f"{tmp}/{split}")
             rows[split] = spark.read.parquet(f"{tmp}/{split}").count()
         manifest = {
             "table": TRAINING.name,

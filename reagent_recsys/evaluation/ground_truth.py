@@ -1,0 +1,254 @@
+"""Simulator ground truth: run policies (the served TorchScript one and baselines) in the simulator.
+
+Every policy is wrapped as an ``Actor``: ``act(state (B, F), doc_features, rng) -> (B,)`` candidate slots, called
+once per step on a whole batch of users. The served policy sees the simulator's state columns mapped to its own
+``feature_ids`` BY ID (presence 0 for features the simulator does not have), and its action ``i`` is the candidate
+slot ``int(action_names[i])``.
+
+``simulate`` uses common random numbers: batch ``i`` of a run seeded ``seed`` always draws the same users and
+documents, whatever the policy, so differences between policies are measured with less noise.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from reagent_recsys.config import EnvConfig, PipelineConfig
+from reagent_recsys.envs.lts import DOC_ID_BASE, SATISFACTION_ID, FeatureSpec, LTSParams
+from reagent_recsys.policies.logging import (
+    GreedyPolicy,
+    LoggingPolicy,
+    MixturePolicy,
+    RandomPolicy,
+    build_policy,
+    sample_categorical,
+)
+
+DocFeatures = Mapping[str, np.ndarray]  # name -> (B, N)
+EnvFactory = Callable[[int, np.random.Generator], Any]  # (num_users, rng) -> VectorLTS-like env
+MAX_STEPS = 100_000
+Z95 = 1.959963984540054
+
+
+# ------------------------------------------------------------------------------------------- actors
+class Actor:
+    """A policy acting on a batch of users; `begin_episodes` is called before each batch of episodes."""
+
+    def begin_episodes(self, num_users: int, rng: np.random.Generator) -> None:
+        """Start new episodes (stateless actors ignore this)."""
+
+    def act(self, state: np.ndarray, doc_features: DocFeatures, rng: np.random.Generator) -> np.ndarray:
+        """(B, F) state -> (B,) int64 candidate slots."""
+        raise NotImplementedError
+
+
+class LoggingActor(Actor):
+    """A logging policy (``reagent_recsys.policies``) as an actor; it reads document features only."""
+
+    def __init__(self, policy: LoggingPolicy) -> None:
+        self.policy = policy
+
+    def begin_episodes(self, num_users: int, rng: np.random.Generator) -> None:
+        self.policy.begin_episodes(num_users, rng)
+
+    def act(self, state: np.ndarray, doc_features: DocFeatures, rng: np.random.Generator) -> np.ndarray:
+        slates, _ = self.policy.act(doc_features, rng)  # (B, S)
+        return slates[:, 0]
+
+
+def feature_columns(policy_ids: Sequence[int], env_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """For each policy feature id: its column in the env state (index, 0 when absent) and whether present."""
+    where = {int(f): i for i, f in enumerate(env_ids)}
+    index = np.array([where.get(int(f), 0) for f in policy_ids], dtype=np.int64)  # (Fp,)
+    present = np.array([int(f) in where for f in policy_ids], dtype=bool)  # (Fp,)
+    return index, present
+
+
+def map_state(state: np.ndarray, index: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Env state (B, Fe) -> policy state (B, Fp) and presence (B, Fp): columns picked by id, 0 where absent."""
+    mapped = np.where(present[None, :], state[:, index], 0.0).astype(np.float32)  # (B, Fp)
+    presence = np.broadcast_to(present[None, :], mapped.shape).astype(np.float32)  # (B, Fp)
+    return mapped, presence
+
+
+def action_slots(action_names: Sequence[str], num_candidates: int) -> np.ndarray:
+    """(A,) candidate slot of each policy action (-1 when the name is not a slot of this simulator)."""
+    slots = []
+    for name in action_names:
+        try:
+            slot = int(name)
+        except ValueError:
+            slot = -1
+        slots.append(slot if 0 <= slot < num_candidates else -1)
+    slots_arr = np.array(slots, dtype=np.int64)
+    if (slots_arr < 0).all():
+        raise ValueError(f"none of the policy's action names {list(action_names)[:10]} is a candidate slot "
+                         f"in [0, {num_candidates})")
+    return slots_arr
+
+
+class ServedPolicyActor(Actor):
+    """A policy with the exported signature ``policy(state, presence, possible_actions_mask) -> dict``.
+
+    greedy: take ``out["action"]`` (what a greedy server does); else sample from ``out["action_probabilities"]``.
+    """
+
+    def __init__(self, policy: Callable[..., dict[str, torch.Tensor]], feature_ids: Sequence[int],
+                 action_names: Sequence[str], env_features: Sequence[FeatureSpec], num_candidates: int,
+                 greedy: bool) -> None:
+        self.policy = policy
+        self.greedy = greedy
+        self.index, self.present = feature_columns(feature_ids, [f.id for f in env_features])
+        self.slots = action_slots(action_names, num_candidates)  # (A,)
+        self.possible = torch.from_numpy(self.slots >= 0)  # (A,)
+
+    @torch.no_grad()
+    def act(self, state: np.ndarray, doc_features: DocFeatures, rng: np.random.Generator) -> np.ndarray:
+        mapped, presence = map_state(state, self.index, self.present)  # (B, Fp)
+        mask = self.possible[None, :].expand(len(state), -1)  # (B, A)
+        out = self.policy(torch.from_numpy(mapped), torch.from_numpy(presence), mask)
+        if self.greedy:
+            actions = out["action"].numpy()  # (B,)
+        else:
+            actions = sample_categorical(out["action_probabilities"].double().numpy(), rng)
+        return self.slots[actions]
+
+
+# ------------------------------------------------------------------------------------- simulation
+def env_factory(env: EnvConfig) -> EnvFactory:
+    """(num_users, rng) -> a simulator of `env` (recsim is imported only for env.type recsim)."""
+    from reagent_recsys.envs.recsim_adapter import make_env
+
+    return lambda num_users, rng: make_env(env, num_users, rng)
+
+
+def slate_size_of(env: Any) -> int:
+    """Items per slate of a VectorLTS (params.slate_size) or recsim adapter (slate_size) env."""
+    params = getattr(env, "params", None)
+    return int(getattr(params, "slate_size", None) or getattr(env, "slate_size", 1))
+
+
+def simulate(make: EnvFactory, actor: Actor, num_episodes: int, seed: int, batch_size: int = 4096,
+             gamma: float = 1.0) -> np.ndarray:
+    """(num_episodes,) discounted returns sum_t gamma^t r_t of `actor`; batch i uses rngs derived from (seed, i)."""
+    if num_episodes < 1 or batch_size < 1:
+        raise ValueError(f"num_episodes and batch_size must be >= 1, got {num_episodes}, {batch_size}")
+    returns = []
+    for i, start in enumerate(range(0, num_episodes, batch_size)):
+        env_rng = np.random.default_rng([seed, i, 0])
+        policy_rng = np.random.default_rng([seed, i, 1])
+        env = make(min(batch_size, num_episodes - start), env_rng)
+        state = env.reset()
+        actor.begin_episodes(env.num_users, policy_rng)
+        alive = np.ones(env.num_users, dtype=bool)  # (B,)
+        total = np.zeros(env.num_users)  # (B,)
+        cycle = np.arange(slate_size_of(env))  # (S,): the slate is the chosen slot and the next S-1 (cyclic)
+        for t in range(MAX_STEPS):
+            first = actor.act(state, env.doc_features, policy_rng)  # (B,)
+            result = env.step((first[:, None] + cycle) % env.num_actions)  # (B, S)
+            total += np.where(alive, gamma ** t * np.asarray(result.reward, dtype=np.float64), 0.0)
+            alive &= ~np.asarray(result.done, dtype=bool)
+            state = result.state
+            if not alive.any():
+                break
+        else:
+            raise RuntimeError(f"episodes did not end within {MAX_STEPS} steps")
+        returns.append(total)
+    return np.concatenate(returns)
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """A policy's true mean return in the simulator with a normal 95% interval (mean +- 1.96 SE)."""
+
+    name: str
+    mean: float
+    stderr: float
+    lower: float
+    upper: float
+    episodes: int
+
+    @classmethod
+    def from_returns(cls, name: str, returns: np.ndarray) -> GroundTruth:
+        returns = np.asarray(returns, dtype=np.float64)
+        mean = float(returns.mean())
+        stderr = float(returns.std(ddof=1) / math.sqrt(len(returns))) if len(returns) > 1 else math.nan
+        return cls(name, mean, stderr, mean - Z95 * stderr, mean + Z95 * stderr, len(returns))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+
+
+def baseline_actors(config: PipelineConfig, doc_feature_names: Sequence[str], slate_size: int = 1
+                    ) -> dict[str, Actor]:
+    """The logging policy of `config`, random, and (when the env has `clickbait`) always-sweetest/bitterest."""
+    logging_policy = build_policy(config.logging.policy, slate_size=slate_size)
+    logging_policy.check_features(doc_feature_names)
+    actors: dict[str, Actor] = {"logging": LoggingActor(logging_policy),
+                                "random": LoggingActor(RandomPolicy(slate_size))}
+    if "clickbait" in doc_feature_names:
+        actors["always_sweetest"] = LoggingActor(GreedyPolicy("clickbait", "max", slate_size))
+        actors["always_bitterest"] = LoggingActor(GreedyPolicy("clickbait", "min", slate_size))
+    return actors
+
+
+def ground_truth_table(make: EnvFactory, actors: Mapping[str, Actor], num_episodes: int, seed: int,
+                       batch_size: int = 4096, gamma: float = 1.0) -> list[GroundTruth]:
+    """Each actor's true mean (discounted) return over the same simulated users (common random numbers)."""
+    return [GroundTruth.from_returns(name, simulate(make, actor, num_episodes, seed, batch_size, gamma))
+            for name, actor in actors.items()]
+
+
+# --------------------------------------------------------------------------- logged-context views
+def document_columns(feature_ids: Sequence[int], env_features: Sequence[FeatureSpec], num_candidates: int
+                     ) -> dict[str, np.ndarray] | None:
+    """{doc feature name: (N,) state column of each candidate slot}, or None when a slot's feature is not logged."""
+    where = {int(f): i for i, f in enumerate(feature_ids)}
+    columns: dict[str, np.ndarray] = {}
+    for spec in env_features:
+        if spec.kind != "document" or spec.slot is None:
+            continue
+        name = spec.name.split(".", 1)[1]
+        columns.setdefault(name, np.full(num_candidates, -1, dtype=np.int64))[spec.slot] = where.get(spec.id, -1)
+    if not columns or any((cols < 0).any() for cols in columns.values()):
+        return None
+    return columns
+
+
+def logging_probabilities(policy: LoggingPolicy, state: np.ndarray, doc_columns: Mapping[str, np.ndarray],
+                          slots: np.ndarray) -> np.ndarray | None:
+    """(N, A) probabilities the logging policy gives each action on logged states; None if history-dependent."""
+    if isinstance(policy, MixturePolicy):
+        return None
+    docs = {name: state[:, cols].astype(np.float64) for name, cols in doc_columns.items()}  # (N, C) each
+    probs = policy.probabilities(docs)  # (N, C) over candidate slots
+    return np.where(slots[None, :] >= 0, probs[:, np.maximum(slots, 0)], 0.0)  # (N, A)
+
+
+def one_step_truth(state: np.ndarray, feature_ids: Sequence[int], target_probs: np.ndarray,
+                   action_names: Sequence[str], params: LTSParams) -> tuple[np.ndarray | None, str]:
+    """(N,) true E_pi[r | s] on logged states, or (None, why not).
+
+    E[r | s, a] = exp(mu + sigma^2 / 2), mu = (c choc_mean + (1 - c) kale_mean) satisfaction,
+    sigma = c choc_stddev + (1 - c) kale_stddev, c the clickbait of the chosen candidate: computable only when
+    the satisfaction (feature 0) and every candidate's clickbait (100 + slot) are in the state.
+    """
+    where = {int(f): i for i, f in enumerate(feature_ids)}
+    if SATISFACTION_ID not in where:
+        return None, "satisfaction is latent (feature 0 not in the state): E[r | s, a] is not a function of s"
+    slots = action_slots(action_names, params.num_candidates)
+    missing = [s for s in slots if s >= 0 and DOC_ID_BASE + s not in where]
+    if missing:
+        return None, f"clickbait of candidate slots {missing[:5]} is not in the state"
+    sat = state[:, where[SATISFACTION_ID]].astype(np.float64)[:, None]  # (N, 1)
+    c = state[:, [where[DOC_ID_BASE + max(s, 0)] for s in slots]].astype(np.float64)  # (N, A)
+    mu = (c * params.choc_mean + (1.0 - c) * params.kale_mean) * sat
+    sigma = c * params.choc_stddev + (1.0 - c) * params.kale_stddev
+    expected = np.where(slots[None, :] >= 0, np.exp(mu + sigma ** 2 / 2.0), 0.0)  # (N, A)
+    return (np.asarray(target_probs, dtype=np.float64) * expected).sum(axis=1), "exact"

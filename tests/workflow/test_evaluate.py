@@ -1,0 +1,120 @@
+"""workflow.evaluate on a tiny real pipeline: offline_gym -> Spark stages -> train -> export -> evaluate."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reagent_recsys.config import PipelineConfig, validate_config
+from workflow.evaluate import evaluate, load_served_policy, policy_probabilities, read_split
+
+ONE_STEP = ["DM", "IPS", "SNIPS", "DR", "Switch-DR"]
+SEQUENTIAL = ["PDIS", "WPDIS", "FQE", "DR", "WDR", "MAGIC"]
+BASELINES = ["logging", "random", "always_sweetest", "always_bitterest"]
+
+
+def tiny_config(output_dir: Path) -> PipelineConfig:
+    return validate_config({
+        "output_dir": str(output_dir), "seed": 5,
+        "env": {"type": "lts", "preset": "sweet_bitter"},
+        "logging": {"num_episodes": 240, "batch_size": 240,
+                    "policy": {"type": "epsilon_greedy", "epsilon": 0.5, "expert": {"direction": "min"}}},
+        "timeline": {"eval_fraction": 0.5},
+        "training": {"epochs": 2, "batch_size": 128, "hidden_sizes": [32, 16], "torch_threads": 1,
+                     "shuffle_buffer": 1000},
+        "evaluation": {"ground_truth_episodes": 600, "curve_episodes": 200, "bootstrap_samples": 60,
+                       "fqe_iterations": 10, "reward_model_epochs": 5},
+        "spark": {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "1g"},
+    })
+
+
+@pytest.fixture(scope="module")
+def run(spark, tmp_path_factory):
+    """Every real stage on a tiny config (the shared local[2] session serves the Spark stages)."""
+    from workflow.export import export
+    from workflow.identify_normalization import identify_normalization
+    from workflow.offline_gym import offline_gym
+    from workflow.timeline_operator import timeline_operator
+    from workflow.train import train
+    from workflow.training_table import training_table
+
+    config = tiny_config(tmp_path_factory.mktemp("evaluate") / "run")
+    for stage in (offline_gym, timeline_operator, identify_normalization, training_table, train, export):
+        stage(config)
+    summary = evaluate(config)
+    report = json.loads((config.output_dir / "evaluation" / "report.json").read_text())
+    return config, summary, report
+
+
+@pytest.mark.slow
+def test_report_has_every_estimate_and_the_truth(run):
+    config, summary, report = run
+    png = Path(summary["report_png"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    assert report["gamma"] == 1.0 and set(report["relative"]) == {"one_step", "sequential"}
+    for section, names in (("one_step", ONE_STEP), ("sequential", SEQUENTIAL)):
+        estimates = report[section]["estimates"]
+        assert [e["name"] for e in estimates] == names
+        truth = report[section]["truth"]
+        for e in estimates:
+            assert all(math.isfinite(e[k]) for k in ("value", "lower", "upper", "relative")), e
+            assert e["lower"] <= e["value"] <= e["upper"], e
+            assert e["truth"] == truth
+            assert e["truth_in_interval"] == (e["lower"] <= truth <= e["upper"])
+    truth = {t["name"]: t for t in report["ground_truth"]["policies"]}
+    assert list(truth) == ["policy", *BASELINES]
+    assert truth["always_sweetest"]["mean"] == pytest.approx(56.5, abs=0.5)
+    assert report["sequential"]["truth"] == truth["policy"]["mean"] == summary["true_return"]["mean"]
+    assert summary["WDR"] == report["sequential"]["estimates"][4]["value"]
+    # The one-step truth is computable in sweet_bitter (satisfaction observed) and lies in the reward range.
+    assert 0 < report["one_step"]["truth"] < 150
+    assert [p["epoch"] for p in report["training_curve"]] == [1, 2]
+    assert all(p["episodes"] == 200 for p in report["training_curve"])
+
+
+@pytest.mark.slow
+def test_logging_policy_as_target_recovers_the_logged_return(run):
+    """Self-consistency: the logged propensities and the state columns agree, so PDIS(logging) = logged mean."""
+    config, _, report = run
+    check = report["logging_self_check"]
+    assert check["available"]
+    evaluation = read_split(config.output_dir / "training_table" / "eval")
+    keys, index = np.unique(evaluation["mdp_key"], return_inverse=True)
+    logged_mean = np.bincount(index, weights=evaluation["reward"]).mean()  # mean episode return
+    for e in check["estimates"]:
+        assert e["value"] == pytest.approx(logged_mean, rel=1e-6), e
+    # The logs and the simulator agree on the logging policy's value (two independent samples).
+    logging_truth = next(t for t in report["ground_truth"]["policies"] if t["name"] == "logging")
+    returns = np.bincount(index, weights=evaluation["reward"])
+    stderr = math.hypot(returns.std(ddof=1) / math.sqrt(len(keys)), logging_truth["stderr"])
+    assert abs(logged_mean - logging_truth["mean"]) < 4 * stderr
+
+
+@pytest.mark.slow
+def test_target_probabilities_follow_the_served_mode(run):
+    config, _, _ = run
+    policy, metadata = load_served_policy(config.output_dir / "export")
+    evaluation = read_split(config.output_dir / "training_table" / "eval")
+    args = (evaluation["state"], evaluation["state_presence"], evaluation["possible_actions_mask"])
+    greedy = policy_probabilities(policy, *args, greedy=True)
+    soft = policy_probabilities(policy, *args, greedy=False)
+    np.testing.assert_array_equal(greedy.sum(axis=1), 1.0)
+    np.testing.assert_array_equal(greedy.argmax(axis=1), soft.argmax(axis=1))
+    assert metadata["greedy"] is True and (soft.max(axis=1) < 1).any()
+
+
+@pytest.mark.slow
+def test_same_seed_same_report(run):
+    config, _, report = run
+    evaluate(config)
+    again = json.loads((config.output_dir / "evaluation" / "report.json").read_text())
+    assert {**again, "seconds": 0} == {**report, "seconds": 0}
+
+
+def test_missing_export_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run workflow.export first"):
+        evaluate(tiny_config(tmp_path / "empty"))

@@ -1,0 +1,258 @@
+"""workflow.evaluate: CPE of the served policy on the eval split, simulator ground truth, report.json + report.png.
+
+1. The exported TorchScript policy (exactly what is served) gives the target probabilities on the eval split:
+   one-hot of its greedy action when ``metadata["greedy"]``, else its softmax probabilities (the served mode).
+2. One-step CPE (DM, IPS, SNIPS, DR, Switch-DR; reward model fit on the train split) and sequential CPE (PDIS,
+   WPDIS, FQE, DR, WDR, MAGIC; FQE fit on the train split) with ``evaluation.gamma``.
+3. Ground truth: the served policy, the logging policy, random, always-sweetest and always-bitterest run in the
+   simulator (same users for all: common random numbers); the exact one-step value on the logged contexts when
+   the satisfaction is observed.
+4. The true return of every per-epoch checkpoint (the training curve).
+Everything lands in ``<output_dir>/evaluation/`` in one atomic rename.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from reagent_recsys.config import PipelineConfig
+from reagent_recsys.data.loaders import read_table_metadata, table_to_chunk
+from reagent_recsys.envs.lts import LTSParams
+from reagent_recsys.evaluation import (
+    BanditData,
+    BootstrapSpec,
+    EpisodeData,
+    Estimate,
+    evaluate_one_step,
+    evaluate_sequential,
+    fit_fqe,
+    fit_reward_model,
+    fqe_settings,
+)
+from reagent_recsys.evaluation.ground_truth import (
+    GroundTruth,
+    ServedPolicyActor,
+    action_slots,
+    baseline_actors,
+    document_columns,
+    env_factory,
+    feature_columns,
+    ground_truth_table,
+    logging_probabilities,
+    one_step_truth,
+    simulate,
+    slate_size_of,
+)
+from reagent_recsys.evaluation.report import with_truth, write_report
+from reagent_recsys.export import METADATA_FILE, ExportedPolicy
+from reagent_recsys.policies.logging import build_policy
+
+Split = dict[str, np.ndarray]
+RELATIVE = {
+    "one_step": "estimate / mean logged one-step reward of the eval split (1.0 = as good as the logging policy)",
+    "sequential": "estimate / mean logged discounted (gamma) episode return of the eval split "
+                  "(1.0 = as good as the logging policy)",
+}
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def read_split(path: Path) -> Split:
+    """One split of the training table as flat numpy arrays (checked); rewards and propensities in float64."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no training table split; run workflow.training_table first")
+    table = pq.read_table(path)
+    if table.num_rows == 0:
+        raise ValueError(f"{path}: the split is empty; nothing to evaluate (check timeline.eval_fraction)")
+    split = {name: np.array(values) for name, values in table_to_chunk(table, where=str(path)).items()}  # writable
+    for name in ("reward", "n_step_reward", "action_probability"):
+        split[name] = table.column(name).to_numpy().astype(np.float64)
+    return split
+
+
+def load_served_policy(export_dir: Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """The exported TorchScript policy and its metadata."""
+    path = export_dir / "policy.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no exported policy; run workflow.export first")
+    return torch.jit.load(str(path)), json.loads((export_dir / METADATA_FILE).read_text())
+
+
+def align(split: Split, prefix: str, table_ids: list[int], policy_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The split's `<prefix>state` and presence (N, F_table) -> (N, F_policy) in the policy's feature order, by id."""
+    index, present = feature_columns(policy_ids, table_ids)
+    state = np.where(present, split[f"{prefix}state"][:, index], 0.0).astype(np.float32)
+    presence = np.where(present, split[f"{prefix}state_presence"][:, index], False)
+    return state, presence
+
+
+@torch.no_grad()
+def policy_probabilities(policy: Any, state: np.ndarray, presence: np.ndarray, mask: np.ndarray, greedy: bool,
+                         batch_size: int = 65536) -> np.ndarray:
+    """(N, A) target probabilities in the served mode: one-hot of the greedy action, or the softmax.
+
+    Rows with no possible action (terminal next states) are evaluated with every action possible.
+    """
+    mask = np.where(mask.any(axis=1, keepdims=True), mask, True)  # (N, A)
+    chunks = []
+    for i in range(0, len(state), batch_size):
+        out = policy(torch.from_numpy(state[i:i + batch_size]), torch.from_numpy(presence[i:i + batch_size]),
+                     torch.from_numpy(mask[i:i + batch_size]))
+        if greedy:
+            chunks.append(np.eye(mask.shape[1])[out["action"].numpy()])
+        else:
+            chunks.append(out["action_probabilities"].double().numpy())
+    return np.concatenate(chunks)
+
+
+# --------------------------------------------------------------------------------------------- CPE
+def one_step_cpe(config: PipelineConfig, train: Split, evaluation: Split, target: np.ndarray) -> list[Estimate]:
+    """DM, IPS, SNIPS, DR, Switch-DR on the eval split; the reward model is fit on the train split."""
+    cfg = config.evaluation
+    num_actions = target.shape[1]
+    model = fit_reward_model(train["state"], train["action"], train["reward"], num_actions,
+                             epochs=cfg.reward_model_epochs, hidden_sizes=tuple(cfg.fqe_hidden_sizes),
+                             learning_rate=cfg.fqe_learning_rate, batch_size=cfg.fqe_batch_size, seed=config.seed)
+    data = BanditData(evaluation["action"], evaluation["action_probability"], evaluation["reward"], target,
+                      reward_predictions=model.q_values(evaluation["state"]),
+                      possible_action_mask=evaluation["possible_actions_mask"])
+    return evaluate_one_step(data, BootstrapSpec.from_config(cfg, config.seed), cfg.switch_tau)
+
+
+def sequential_cpe(config: PipelineConfig, train: Split, evaluation: Split, target: np.ndarray,
+                   train_next_target: np.ndarray | None) -> list[Estimate]:
+    """PDIS, WPDIS and (with `train_next_target`, pi(.|s') on the train split) FQE, DR, WDR, MAGIC."""
+    cfg = config.evaluation
+    q_estimates = None
+    if train_next_target is not None:
+        one_step = bool((train["n_steps"] == 1).all())
+        fqe = fit_fqe(train["state"], train["action"], train["reward" if one_step else "n_step_reward"],
+                      train["next_state"], train["not_terminal"], train_next_target, cfg.gamma,
+                      n_steps=None if one_step else train["n_steps"], **fqe_settings(cfg, config.seed))
+        q_estimates = fqe.q_values(evaluation["state"])
+    data = EpisodeData.from_flat(evaluation["mdp_key"], evaluation["sequence_number"], evaluation["action"],
+                                 evaluation["action_probability"], evaluation["reward"], target, cfg.gamma,
+                                 q_estimates=q_estimates, possible_action_mask=evaluation["possible_actions_mask"])
+    return evaluate_sequential(data, BootstrapSpec.from_config(cfg, config.seed), cfg.magic_num_j_steps)
+
+
+# -------------------------------------------------------------------------------------- the stage
+def checkpoint_policies(out: Path, metadata: dict[str, Any]) -> list[tuple[int, ExportedPolicy]]:
+    """(epoch, policy with the exported signature) for each per-epoch checkpoint under training/checkpoints."""
+    from reagent_recsys.normalization import NormalizationArtifact, Preprocessor
+    from reagent_recsys.training.trainer import CHECKPOINT_RE, ModelSpec, load_checkpoint
+
+    paths = sorted(p for p in (out / "training" / "checkpoints").glob("epoch_*.pt") if CHECKPOINT_RE.match(p.name))
+    if not paths:
+        return []
+    artifact = NormalizationArtifact.load(out / "normalization.json")
+    if list(artifact.feature_ids) != [int(f) for f in metadata["feature_ids"]]:
+        raise ValueError(f"{out / 'normalization.json'}: feature_ids differ from the exported policy's; "
+                         "rerun workflow.export")
+    policies = []
+    for path in paths:
+        state = load_checkpoint(path)
+        model = ModelSpec(**state["spec"]).build()
+        model.load_state_dict(state["model"])
+        policy = ExportedPolicy(Preprocessor(artifact), model.eval(), metadata["export_config"]["temperature"],
+                                metadata["training_config"].get("bcq_threshold", 0.0)).eval()
+        policies.append((int(state["epoch"]), policy))
+    return policies
+
+
+def logging_self_check(config: PipelineConfig, evaluation: Split, table_ids: list[int], action_names: list[str],
+                       env_features: list[Any], num_candidates: int) -> dict[str, Any]:
+    """PDIS/WPDIS of the LOGGING policy (as target) on the eval split vs its logged mean return."""
+    doc_columns = document_columns(table_ids, env_features, num_candidates)
+    policy = build_policy(config.logging.policy)
+    slots = action_slots(action_names, num_candidates)
+    probs = None if doc_columns is None else logging_probabilities(policy, evaluation["state"], doc_columns, slots)
+    if probs is None:
+        return {"available": False, "why": "the logging policy is history-dependent or the documents are not logged"}
+    estimates = sequential_cpe(config, {}, evaluation, probs, None)
+    return {"available": True, "logged_mean_return": estimates[0].baseline,
+            "estimates": [e.to_dict() for e in estimates]}
+
+
+def evaluate(config: PipelineConfig) -> dict[str, Any]:
+    """Run CPE and the simulator ground truth for the exported policy; write <output_dir>/evaluation."""
+    started = time.perf_counter()
+    cfg, out = config.evaluation, Path(config.output_dir)
+    policy, metadata = load_served_policy(out / "export")
+    greedy = bool(metadata.get("greedy", True))
+    policy_ids = [int(f) for f in metadata["feature_ids"]]
+    action_names = [str(a) for a in metadata["action_names"]]
+    table_dir = out / "training_table"
+    manifest = read_table_metadata(table_dir / "eval")
+    table_ids = [int(f) for f in manifest["feature_ids"]]
+    if [str(a) for a in manifest["action_names"]] != action_names:
+        raise ValueError(f"{table_dir}: action_names {manifest['action_names'][:10]} differ from the exported "
+                         f"policy's {action_names[:10]}; rerun workflow.train and workflow.export")
+    train, evaluation = read_split(table_dir / "train"), read_split(table_dir / "eval")
+
+    # 1-2. target probabilities in the served mode, then CPE.
+    target = policy_probabilities(policy, *align(evaluation, "", table_ids, policy_ids),
+                                  evaluation["possible_actions_mask"], greedy)
+    train_next = policy_probabilities(policy, *align(train, "next_", table_ids, policy_ids),
+                                      train["possible_next_actions_mask"], greedy)
+    one_step = one_step_cpe(config, train, evaluation, target)
+    sequential = sequential_cpe(config, train, evaluation, target, train_next)
+
+    # 3-4. ground truth in the simulator, and the training curve.
+    make = env_factory(config.env)
+    probe = make(1, np.random.default_rng(0))
+    env_features, num_candidates = list(probe.features), int(probe.num_actions)
+    batch = cfg.simulation_batch_size
+    served = ServedPolicyActor(policy, policy_ids, action_names, env_features, num_candidates, greedy)
+    actors = {"policy": served, **baseline_actors(config, list(probe.doc_features), slate_size_of(probe))}
+    truth = ground_truth_table(make, actors, cfg.ground_truth_episodes, config.seed, batch, cfg.gamma)
+    policy_truth = truth[0]
+    curve = []
+    for epoch, checkpoint in checkpoint_policies(out, metadata):
+        actor = ServedPolicyActor(checkpoint, policy_ids, action_names, env_features, num_candidates, greedy)
+        returns = simulate(make, actor, cfg.curve_episodes, config.seed, batch, cfg.gamma)
+        curve.append({"epoch": epoch, **GroundTruth.from_returns(f"epoch_{epoch}", returns).to_dict()})
+
+    step_truth, step_note = None, "the simulator is not the long-term-satisfaction model"
+    if config.env.type == "lts" or config.env.recsim_env == "long_term_satisfaction":
+        per_context, step_note = one_step_truth(evaluation["state"], table_ids, target, action_names,
+                                                LTSParams.from_config(config.env))
+        step_truth = None if per_context is None else float(per_context.mean())
+
+    report = {
+        "gamma": cfg.gamma,
+        "relative": RELATIVE,
+        "policy": {"path": str(out / "export" / "policy.pt"), "greedy": greedy,
+                   "mode": "one-hot of the greedy action" if greedy else "softmax action_probabilities"},
+        "eval_split": {"rows": int(len(evaluation["action"])),
+                       "episodes": int(len(np.unique(evaluation["mdp_key"])))},
+        "one_step": {"estimates": [with_truth(e.to_dict(), step_truth) for e in one_step], "truth": step_truth,
+                     "truth_note": step_note if step_truth is None else
+                     "exact E_pi[r | s] = sum_a pi(a|s) exp(mu + sigma^2/2) averaged over the logged eval contexts"},
+        "sequential": {"estimates": [with_truth(e.to_dict(), policy_truth.mean) for e in sequential],
+                       "truth": policy_truth.mean, "truth_interval": [policy_truth.lower, policy_truth.upper],
+                       "truth_note": f"served policy's mean discounted (gamma={cfg.gamma:g}) return over "
+                                     f"{policy_truth.episodes} simulated episodes"},
+        "ground_truth": {"episodes": cfg.ground_truth_episodes, "gamma": cfg.gamma, "seed": config.seed,
+                         "policies": [t.to_dict() for t in truth]},
+        "training_curve": curve,
+        "training_curve_note": "true return of each per-epoch checkpoint found under training/checkpoints "
+                               f"(the trainer keeps the newest two; {cfg.curve_episodes} episodes each, "
+                               "the same simulated users)",
+        "logging_self_check": logging_self_check(config, evaluation, table_ids, action_names, env_features,
+                                                 num_candidates),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    paths = write_report(out / "evaluation", report)
+    one_step_by_name, sequential_by_name = {e.name: e for e in one_step}, {e.name: e for e in sequential}
+    return {"true_return": policy_truth.to_dict(),
+            "one_step_DR": one_step_by_name["DR"].value,
+            "sequential_DR": sequential_by_name["DR"].value,
+            "WDR": sequential_by_name["WDR"].value,
+            "one_step_truth": step_truth, **paths, "seconds": report["seconds"]}
