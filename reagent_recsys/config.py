@@ -253,6 +253,10 @@ class TrainingConfig(StrictModel):
     )
     max_steps: int | None = Field(None, gt=0, description="Stop after this many updates in total; null: epochs only.")
     resume: bool = Field(False, description="Continue from the last checkpoint under output_dir/training/checkpoints.")
+    keep_checkpoints: int | None = Field(
+        None, gt=0, description="Keep only the newest this many per-epoch checkpoints (null: all; "
+        "workflow.evaluate draws its training curve from them)."
+    )
     log_every: int = Field(20, gt=0, description="Write TensorBoard scalars every this many updates.")
     torch_threads: int | None = Field(
         None, gt=0, description="torch intra-op threads for training (null: torch's default; 1 on busy machines)."

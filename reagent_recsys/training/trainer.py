@@ -157,8 +157,10 @@ class Trainer:
         if not self.is_chief:
             return
         save_atomic(self.state_dict(), self.checkpoints / f"epoch_{self.epoch:04d}.pt")
-        for old in sorted(self.checkpoints.glob("epoch_*.pt"))[:-2]:  # keep the newest two
-            old.unlink(missing_ok=True)
+        keep = self.config.keep_checkpoints
+        if keep is not None:
+            for old in sorted(self.checkpoints.glob("epoch_*.pt"))[:-keep]:
+                old.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------------------------ loop
     def _barrier(self) -> None:
