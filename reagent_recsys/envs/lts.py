@@ -155,16 +155,22 @@ class FeatureSpec:
     slot: int | None = None  # candidate slot for document features
 
 
-def feature_specs(params: LTSParams) -> list[FeatureSpec]:
-    """The state feature order for `params` (see the table in the module docstring)."""
+def observed_specs(params: LTSParams, has_satisfaction: bool = True) -> list[FeatureSpec]:
+    """The user, response and time features `params` observes, in state order (documents come after)."""
     specs = []
-    if params.observe_satisfaction:
+    if params.observe_satisfaction and has_satisfaction:
         specs.append(FeatureSpec(SATISFACTION_ID, "user.satisfaction", "user"))
     if params.observe_response:
         specs.append(FeatureSpec(CLICK_ID, "response.click", "response"))
         specs.append(FeatureSpec(ENGAGEMENT_ID, "response.engagement", "response"))
     if params.observe_time:
         specs.append(FeatureSpec(TIME_ID, "time.progress", "time"))
+    return specs
+
+
+def feature_specs(params: LTSParams) -> list[FeatureSpec]:
+    """The state feature order for `params` (see the table in the module docstring)."""
+    specs = observed_specs(params)
     specs.extend(
         FeatureSpec(DOC_ID_BASE + i, f"doc[{i}].clickbait", "document", slot=i) for i in range(params.num_candidates)
     )

@@ -46,15 +46,12 @@ import numpy as np
 
 from reagent_recsys.config import ConfigError, EnvConfig
 from reagent_recsys.envs.lts import (
-    CLICK_ID,
     DOC_ID_BASE,
-    ENGAGEMENT_ID,
-    SATISFACTION_ID,
-    TIME_ID,
     FeatureSpec,
     LTSParams,
     StepResult,
     VectorLTS,
+    observed_specs,
 )
 
 RecsimFactory = Callable[[dict[str, Any]], Any]
@@ -287,14 +284,7 @@ class RecsimVectorEnv:
 
     def _build_features(self) -> list[FeatureSpec]:
         p = self.params
-        specs: list[FeatureSpec] = []
-        if p.observe_satisfaction and self._has_satisfaction:
-            specs.append(FeatureSpec(SATISFACTION_ID, "user.satisfaction", "user"))
-        if p.observe_response:
-            specs.append(FeatureSpec(CLICK_ID, "response.click", "response"))
-            specs.append(FeatureSpec(ENGAGEMENT_ID, "response.engagement", "response"))
-        if p.observe_time:
-            specs.append(FeatureSpec(TIME_ID, "time.progress", "time"))
+        specs = observed_specs(p, self._has_satisfaction)
         specs.extend(FeatureSpec(_USER_ID_BASE + k, f"user.obs[{k}]", "user") for k in range(self._user_dim))
         doc_base = max(DOC_ID_BASE, -(-(_USER_ID_BASE + self._user_dim) // 100) * 100)  # next multiple of 100
         D = len(self._docs.names)
