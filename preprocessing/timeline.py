@@ -1,0 +1,274 @@
+"""The timeline operator's pure core: mdp rows -> validated n-step transitions with a stable train/eval split.
+
+Every function here takes and returns DataFrames (or small driver-side summaries); none builds a session or
+touches storage. Everything is column expressions and window functions over one window, partitioned by mdp_id
+and ordered by sequence_number, so Spark shuffles the table once per pass and runs no Python per row.
+
+Order of the steps (what the counts in the manifest mean):
+  1. `filter_ds`: the ds range is a read filter; rows outside it are never counted.
+  2. `annotate_reasons`: each row gets the first validation rule it breaks (`reason`, null when valid).
+  3. the outlier filter drops whole episodes longer than the percentile of valid episode lengths;
+  4. transitions are built on the remaining valid rows of each episode, then the time window drops steps with
+     time_since_first >= time_window (a kept step keeps its real next state: a window cut is not a terminal).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reagent_recsys.schema import MDP, TIMELINE
+
+REASON = "reason"
+SPLIT = "split"
+SPLITS = ("train", "eval")
+_BUCKETS = 1_000_000  # split resolution: eval_fraction is rounded to 1e-6
+
+
+class DataValidationError(ValueError):
+    """The input table breaks a data rule; the message names the rule, the column, a count and examples."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    column: str
+    broken: str  # what is wrong, e.g. "is NaN or infinite"
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("null_required", "mdp_id/sequence_number/state_features/action/possible_actions/metrics", "is null"),
+    Rule("duplicate_step", "(mdp_id, sequence_number)", "appears more than once"),
+    Rule("non_finite_reward", "reward", "is null, NaN or infinite"),
+    Rule("action_probability_out_of_range", "action_probability", "is null, NaN or outside (0, 1]"),
+    Rule("action_not_possible", "action", "is not in possible_actions"),
+)
+FILTERS = ("outlier_episode_length", "time_window")
+_REQUIRED = ("mdp_id", "sequence_number", "state_features", "action", "possible_actions", "metrics")
+
+
+def _episode_window(ordered: bool = True):
+    from pyspark.sql import Window
+
+    window = Window.partitionBy("mdp_id")
+    return window.orderBy("sequence_number") if ordered else window
+
+
+def filter_ds(df, ds_start: str | None, ds_end: str | None):
+    """Rows with ds_start <= ds <= ds_end (ISO dates compare as strings); a partitioned input is pruned."""
+    from pyspark.sql import functions as F
+
+    if ds_start is not None:
+        df = df.where(F.col("ds") >= F.lit(ds_start))
+    if ds_end is not None:
+        df = df.where(F.col("ds") <= F.lit(ds_end))
+    return df
+
+
+def annotate_reasons(df):
+    """Add `reason`: the first rule of RULES the row breaks, null for a valid row.
+
+    Both copies of a duplicated (mdp_id, sequence_number) are flagged: there is no telling which one is right.
+    """
+    from pyspark.sql import functions as F
+
+    reward, prob = F.col("reward"), F.col("action_probability")
+    null_required = F.lit(False)
+    for name in _REQUIRED:
+        null_required = null_required | F.col(name).isNull()
+    non_finite = reward.isNull() | F.isnan(reward) | (F.abs(reward) == F.lit(float("inf")))
+    bad_prob = prob.isNull() | F.isnan(prob) | (prob <= 0) | (prob > 1)
+    not_possible = ~F.coalesce(F.array_contains("possible_actions", F.col("action")), F.lit(False))
+    # The row rules are computed before the shuffle so that the validation pass ships only three columns.
+    row_reason = (
+        F.when(null_required, RULES[0].name)
+        .when(non_finite, RULES[2].name)
+        .when(bad_prob, RULES[3].name)
+        .when(not_possible, RULES[4].name)
+    )
+    seq, window = F.col("sequence_number"), _episode_window()
+    duplicate = F.coalesce((F.lag(seq).over(window) == seq) | (F.lead(seq).over(window) == seq), F.lit(False))
+    return (
+        df.withColumn("_row_reason", row_reason)
+        .withColumn(
+            REASON,
+            F.when(F.col("_row_reason") == RULES[0].name, F.col("_row_reason"))
+            .when(duplicate, RULES[1].name)
+            .otherwise(F.col("_row_reason")),
+        )
+        .drop("_row_reason")
+    )
+
+
+def split_column(eval_fraction: float):
+    """'eval' or 'train' from a stable hash of mdp_id (Spark's xxhash64, fixed seed): whole episodes, same way
+    every run, on every cluster."""
+    from pyspark.sql import functions as F
+
+    cut = int(round(eval_fraction * _BUCKETS))
+    bucket = F.pmod(F.xxhash64(F.col("mdp_id")), F.lit(_BUCKETS))
+    return F.when(bucket < F.lit(cut), F.lit("eval")).otherwise(F.lit("train"))
+
+
+def episode_histogram(annotated, eval_fraction: float, time_window: int | None):
+    """Per (split, valid episode length): episodes, rows per reason, valid rows and rows past the time window.
+
+    A small table (distinct lengths x 2) from which the driver derives the outlier threshold and every count of
+    the manifest without another pass over the data.
+    """
+    from pyspark.sql import functions as F
+
+    valid = F.col(REASON).isNull()
+    first_valid = F.min(F.when(valid, F.col("sequence_number"))).over(_episode_window(ordered=False))
+    late = F.lit(False) if time_window is None else (
+        F.col("sequence_number") - F.col("_first_valid") >= F.lit(time_window)
+    )
+    per_episode = (
+        annotated.select("mdp_id", "sequence_number", REASON)
+        .withColumn("_first_valid", first_valid)
+        .groupBy("mdp_id")
+        .agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.count(F.when(valid, 1)).alias("length"),
+            F.count(F.when(valid & late, 1)).alias("late"),
+            *[F.count(F.when(F.col(REASON) == r.name, 1)).alias(r.name) for r in RULES],
+        )
+        .withColumn(SPLIT, split_column(eval_fraction))
+    )
+    sums = [F.sum(c).alias(c) for c in ("rows", "late", *(r.name for r in RULES))]
+    return per_episode.groupBy(SPLIT, "length").agg(F.count(F.lit(1)).alias("episodes"), *sums)
+
+
+def _empty(spark_type):
+    from pyspark.sql import functions as F
+
+    return F.array().cast(spark_type) if spark_type.typeName() == "array" else F.create_map().cast(spark_type)
+
+
+def build_timeline(
+    valid,
+    *,
+    multi_steps: int,
+    gamma: float,
+    eval_fraction: float,
+    max_episode_length: float | None = None,
+    time_window: int | None = None,
+):
+    """Valid mdp rows -> the TIMELINE columns plus `split`.
+
+    Step t of an episode of length L pairs with step t + n (n = multi_steps): n_step_reward sums
+    gamma^k reward_{t+k} over k < n_steps = min(n, L - t); when t + n is past the end the transition is terminal
+    (not_terminal false, empty next_*, time_diff 1). With n = 1 only the last step is terminal.
+    """
+    from pyspark.sql import functions as F
+
+    n = multi_steps
+    spark_types = {f.name: f.dataType for f in TIMELINE.spark().fields}
+    ordered, whole = _episode_window(), _episode_window(ordered=False)
+    seq = F.col("sequence_number")
+    staged = valid.select(
+        *MDP.names,
+        F.count(F.lit(1)).over(whole).alias("_length"),
+        F.min(seq).over(whole).alias("_first_seq"),
+        F.row_number().over(ordered).cast("long").alias("sequence_number_ordinal"),
+        F.lead("state_features", n).over(ordered).alias("_next_state"),
+        F.lead("action", n).over(ordered).alias("_next_action"),
+        F.lead("possible_actions", n).over(ordered).alias("_next_possible"),
+        F.lead(seq, n).over(ordered).alias("_next_seq"),
+        (F.col("reward") if n == 1 else F.collect_list("reward").over(ordered.rowsBetween(0, n - 1))).alias(
+            "_rewards"
+        ),
+    )
+    if max_episode_length is not None:
+        staged = staged.where(F.col("_length") <= F.lit(max_episode_length))
+    if n == 1:
+        n_step_reward = F.col("_rewards")
+    else:  # ((0 + r_t) + g r_{t+1}) + g^2 r_{t+2} ...
+        discounted = F.transform("_rewards", lambda r, k: r * F.pow(F.lit(float(gamma)), k))
+        n_step_reward = F.aggregate(discounted, F.lit(0.0), lambda acc, x: acc + x)
+    not_terminal = F.col("_next_seq").isNotNull()
+    out = staged.select(
+        "mdp_id",
+        "sequence_number",
+        "sequence_number_ordinal",
+        "state_features",
+        "action",
+        "action_probability",
+        "reward",
+        "possible_actions",
+        "metrics",
+        F.coalesce("_next_state", _empty(spark_types["next_state_features"])).alias("next_state_features"),
+        F.coalesce("_next_action", F.lit("")).alias("next_action"),
+        F.coalesce("_next_possible", _empty(spark_types["possible_next_actions"])).alias("possible_next_actions"),
+        F.coalesce(F.col("_next_seq") - seq, F.lit(1)).cast("long").alias("time_diff"),
+        (seq - F.col("_first_seq")).cast("long").alias("time_since_first"),
+        not_terminal.alias("not_terminal"),
+        n_step_reward.cast("double").alias("n_step_reward"),
+        F.least(F.lit(n), F.col("_length") - F.col("sequence_number_ordinal") + 1).cast("long").alias("n_steps"),
+        split_column(eval_fraction).alias(SPLIT),
+    )
+    if time_window is not None:
+        out = out.where(F.col("time_since_first") < F.lit(time_window))
+    return out
+
+
+def describe_invalid(annotated, counts: dict[str, int], max_examples: int = 5) -> str:
+    """One line: for each broken rule its name, column, row count and up to `max_examples` example rows."""
+    from pyspark.sql import functions as F
+
+    parts = []
+    for rule in RULES:
+        count = counts.get(rule.name, 0)
+        if not count:
+            continue
+        shown = ["mdp_id", "sequence_number"]
+        if rule.column in MDP.names and rule.column not in shown:
+            shown.append(rule.column)
+        if rule.name == "action_not_possible":
+            shown.append("possible_actions")
+        rows = (
+            annotated.where(F.col(REASON) == rule.name)
+            .select(*shown)
+            .orderBy("mdp_id", "sequence_number")
+            .limit(max_examples)
+            .collect()
+        )
+        examples = ", ".join("(" + " ".join(f"{k}={row[k]!r}" for k in shown) + ")" for row in rows)
+        parts.append(f"rule {rule.name}: column {rule.column} {rule.broken} in {count} rows, e.g. {examples}")
+    return "; ".join(parts)
+
+
+def length_threshold(histogram: list[dict], percentile: float | None) -> float | None:
+    """The `percentile` (0-1, linear interpolation) of valid episode lengths over both splits; None when off."""
+    import numpy as np
+
+    if percentile is None:
+        return None
+    kept = [h for h in histogram if h["length"] > 0]
+    if not kept:
+        return None
+    lengths = np.repeat([h["length"] for h in kept], [h["episodes"] for h in kept])  # (episodes,)
+    return float(np.percentile(lengths, percentile * 100.0))
+
+
+def split_counts(histogram: list[dict], threshold: float | None) -> dict[str, dict]:
+    """Per split: rows in, rows out and rows dropped per reason (validation rules, then the filters).
+
+    rows_in == rows_out + sum(dropped) holds by construction; the job checks rows_out against what it wrote.
+    """
+    result = {}
+    for split in SPLITS:
+        part = [h for h in histogram if h[SPLIT] == split]
+        outlier = [h for h in part if threshold is not None and h["length"] > threshold]
+        kept = [h for h in part if not (threshold is not None and h["length"] > threshold)]
+        dropped = {r.name: sum(h[r.name] for h in part) for r in RULES}
+        dropped["outlier_episode_length"] = sum(h["length"] * h["episodes"] for h in outlier)
+        dropped["time_window"] = sum(h["late"] for h in kept)
+        rows_in = sum(h["rows"] for h in part)
+        result[split] = {
+            "rows_in": rows_in,
+            "rows_out": rows_in - sum(dropped.values()),
+            "rows_dropped": dropped,
+            "episodes_in": sum(h["episodes"] for h in part),
+            "episodes_out": sum(h["episodes"] for h in kept if h["length"] > 0),
+        }
+    return result

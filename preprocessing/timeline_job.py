@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""The timeline job: mdp table -> <output>/timeline/{train,eval}[, rejects] and _manifest.json, written atomically.
+
+    spark-submit preprocessing/timeline_job.py CONFIG.yaml [--master URL] [--set key=value ...]
+
+Under spark-submit the master comes from spark-submit (or --master here); run with plain python it comes from
+`spark.master` of the config. workflow.timeline_operator calls `run_timeline` with its own session.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if __name__ == "__main__" and str(ROOT) not in sys.path:  # spark-submit runs this file by path
+    sys.path.insert(0, str(ROOT))
+
+from preprocessing import io  # noqa: E402
+from preprocessing.timeline import (  # noqa: E402
+    FILTERS,
+    REASON,
+    RULES,
+    SPLIT,
+    SPLITS,
+    DataValidationError,
+    annotate_reasons,
+    build_timeline,
+    describe_invalid,
+    episode_histogram,
+    filter_ds,
+    length_threshold,
+    split_counts,
+)
+from reagent_recsys.artifacts import package_versions  # noqa: E402
+from reagent_recsys.config import PipelineConfig  # noqa: E402
+from reagent_recsys.schema import MANIFEST_FILE, MDP, TIMELINE  # noqa: E402
+
+logger = logging.getLogger("reagent_recsys.timeline")
+
+
+def timeline_paths(config: PipelineConfig) -> tuple[str, str]:
+    """(input mdp table, output timeline directory) for a run."""
+    tl = config.timeline
+    return tl.input_path or str(config.output_dir / "mdp"), tl.output_path or str(config.output_dir / "timeline")
+
+
+def _input_manifest(spark, input_path: str) -> dict[str, Any]:
+    text = io.read_text(spark, f"{input_path}/{MANIFEST_FILE}")
+    if text is None:
+        return {}
+    try:
+        config_hash = json.loads(text).get("config_hash")
+    except (ValueError, AttributeError):
+        config_hash = None
+    return {"manifest_sha256": hashlib.sha256(text.encode()).hexdigest()[:16], "config_hash": config_hash}
+
+
+def _write_splits(spark, timeline, out: str) -> None:
+    """One pass writes both splits (partitioned by split), then each partition directory is renamed into place."""
+    parts = f"{out}/_parts"
+    timeline.write.partitionBy(SPLIT).parquet(parts)
+    for split in SPLITS:
+        if io.exists(spark, f"{parts}/{SPLIT}={split}"):
+            io.rename(spark, f"{parts}/{SPLIT}={split}", f"{out}/{split}")
+        else:  # an empty split is still a readable table with the declared schema
+            spark.createDataFrame([], TIMELINE.spark()).write.parquet(f"{out}/{split}")
+    io.delete(spark, parts)
+
+
+def write_manifest(spark, out: str, manifest: dict[str, Any]) -> None:
+    io.write_json(spark, f"{out}/{MANIFEST_FILE}", manifest)
+
+
+def run_timeline(spark, config: PipelineConfig) -> dict[str, Any]:
+    """Validate the mdp table, build the timeline and write it; returns a summary of the manifest.
+
+    Raises SchemaError (missing column / wrong type) or DataValidationError (a broken rule, an empty input)
+    before anything is written.
+    """
+    from pyspark.sql import functions as F
+
+    tl = config.timeline
+    input_path, output_path = timeline_paths(config)
+    input_uri, output_uri = io.qualify(spark, input_path), io.qualify(spark, output_path)
+    raw = io.read_parquet_table(spark, input_uri)
+    MDP.check_spark(raw.schema)
+    annotated = annotate_reasons(filter_ds(raw.select(*MDP.names), tl.ds_start, tl.ds_end))
+
+    histogram = [row.asDict() for row in episode_histogram(annotated, tl.eval_fraction, tl.time_window).collect()]
+    rows_in = sum(h["rows"] for h in histogram)
+    if rows_in == 0:
+        bounds = f" within ds [{tl.ds_start or '-inf'}, {tl.ds_end or '+inf'}]" if tl.ds_start or tl.ds_end else ""
+        raise DataValidationError(f"rule empty_input: input table {input_path} has 0 rows{bounds}")
+    invalid = {r.name: sum(h[r.name] for h in histogram) for r in RULES}
+    if any(invalid.values()) and tl.on_invalid == "fail":
+        raise DataValidationError(
+            f"mdp table {input_path}: {describe_invalid(annotated, invalid)} "
+            "(timeline.on_invalid: quarantine writes such rows to timeline/rejects and goes on)"
+        )
+    threshold = length_threshold(histogram, tl.outlier_episode_length_percentile)
+    counts = split_counts(histogram, threshold)
+
+    valid = annotated.where(F.col(REASON).isNull()).drop(REASON)
+    timeline = build_timeline(
+        valid,
+        multi_steps=tl.multi_steps,
+        gamma=tl.gamma,
+        eval_fraction=tl.eval_fraction,
+        max_episode_length=threshold,
+        time_window=tl.time_window,
+    )
+    with io.atomic_output(spark, output_uri) as out:
+        _write_splits(spark, timeline, out)
+        if tl.on_invalid == "quarantine":
+            annotated.where(F.col(REASON).isNotNull()).write.parquet(f"{out}/rejects")
+        for split in SPLITS:  # the counts were derived from the histogram; check them against what was written
+            written = spark.read.parquet(f"{out}/{split}").count()
+            if written != counts[split]["rows_out"]:
+                raise RuntimeError(f"timeline/{split}: wrote {written} rows, expected {counts[split]['rows_out']}")
+        dropped = {reason: sum(counts[s]["rows_dropped"][reason] for s in SPLITS) for reason in (
+            *(r.name for r in RULES), *FILTERS)}
+        manifest = {
+            "table": TIMELINE.name,
+            "columns": TIMELINE.names,
+            "seed": config.seed,
+            "config_hash": config.section_hash("timeline"),
+            "timeline": tl.model_dump(mode="json"),
+            "input": {"path": input_uri, **_input_manifest(spark, input_uri)},
+            "outlier_episode_length_threshold": threshold,
+            "rows_in": rows_in,
+            "rows_out": {s: counts[s]["rows_out"] for s in SPLITS},
+            "rows_dropped": dropped,
+            "splits": counts,
+            "package_versions": package_versions(),
+        }
+        write_manifest(spark, out, manifest)
+    for reason, n in dropped.items():
+        if n:
+            logger.warning("timeline: dropped %d of %d rows (%s)", n, rows_in, reason)
+    return {
+        "output": output_uri,
+        "rows_in": rows_in,
+        "rows_out": manifest["rows_out"],
+        "rows_dropped": {k: v for k, v in dropped.items() if v},
+        "outlier_episode_length_threshold": threshold,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from preprocessing.spark import get_spark
+    from reagent_recsys.config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="The run's YAML config.")
+    parser.add_argument("--master", help="Spark master URL (overrides spark.master and spark-submit's).")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="Override a config field, e.g. --set timeline.multi_steps=3.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logger.setLevel(logging.INFO)
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    spark = get_spark(config.spark, master=args.master)
+    try:
+        summary = run_timeline(spark, config)
+    except ValueError as exc:  # DataValidationError, SchemaError: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        spark.stop()
+    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
