@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from reagent_recsys.config import SparkConfig
+
+LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
 
 
 def spark_environment() -> None:
@@ -36,6 +39,7 @@ def get_spark(config: SparkConfig | None = None, master: str | None = None):
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.driver.extraJavaOptions": f"-Dlog4j.configurationFile={LOG4J_CONFIG.as_uri()}",
         **config.conf,
     }
     for key, value in settings.items():
