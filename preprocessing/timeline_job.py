@@ -46,7 +46,7 @@ logger = logging.getLogger("reagent_recsys.timeline")
 def timeline_paths(config: PipelineConfig) -> tuple[str, str]:
     """(input mdp table, output timeline directory) for a run."""
     tl = config.timeline
-    return tl.input_path or str(config.output_dir / "mdp"), tl.output_path or str(config.output_dir / "timeline")
+    return tl.input_path or config.output_uri("mdp"), tl.output_path or config.output_uri("timeline")
 
 
 def _input_manifest(spark, input_path: str) -> dict[str, Any]:

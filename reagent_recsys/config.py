@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -258,6 +258,10 @@ class TrainingConfig(StrictModel):
         "workflow.evaluate draws its training curve from them)."
     )
     log_every: int = Field(20, gt=0, description="Write TensorBoard scalars every this many updates.")
+    cpe_every_epoch: bool = Field(
+        True, description="After each epoch, write cheap CPE of the greedy policy on training_table/eval to "
+        "TensorBoard (cpe/...: one-step IPS, SNIPS (+ DM, DR when gamma is 0), sequential WPDIS, WDR)."
+    )
     torch_threads: int | None = Field(
         None, gt=0, description="torch intra-op threads for training (null: torch's default; 1 on busy machines)."
     )
@@ -322,7 +326,24 @@ class SparkConfig(StrictModel):
 class PipelineConfig(StrictModel):
     """A whole run: one output_dir under which every artifact of the run is written."""
 
-    output_dir: Path = Field(description="Directory for every artifact of the run (relative to the working dir).")
+    output_dir: Path = Field(
+        description="Directory for every artifact of the run (relative to the working dir). The Spark stages "
+        "also accept a Hadoop-compatible URI here (hdfs://, s3a://, ...)."
+    )
+    _output_uri: str = PrivateAttr("")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_output_uri(cls, data: Any, handler: Any) -> PipelineConfig:
+        # pathlib folds "hdfs://nn/out" into "hdfs:/nn/out"; keep the text as written for the Spark stages.
+        model = handler(data)
+        raw = data.get("output_dir") if isinstance(data, dict) else None
+        model._output_uri = str(raw) if isinstance(raw, str) else str(model.output_dir)
+        return model
+
+    def output_uri(self, *parts: str) -> str:
+        """`output_dir` joined with `parts` as written (URIs intact): what the Spark stages read and write."""
+        return "/".join([(self._output_uri or str(self.output_dir)).rstrip("/"), *parts])
     seed: int = Field(0, ge=0, description="Master seed; same seed, same output.")
     env: EnvConfig = Field(default_factory=EnvConfig, description="The simulator.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="workflow.offline_gym.")

@@ -72,3 +72,12 @@ def test_section_hash_is_stable_and_sensitive():
     b = validate_config({"output_dir": "other", "training": {"epochs": 99}})
     assert a.section_hash("env", "logging") == b.section_hash("env", "logging")
     assert a.section_hash("training") != b.section_hash("training")
+
+
+def test_output_uri_keeps_hadoop_uris_and_local_paths():
+    hdfs = validate_config({"output_dir": "hdfs://nn:8020/rl/run1/"})
+    assert hdfs.output_uri("timeline") == "hdfs://nn:8020/rl/run1/timeline"
+    local = validate_config({"output_dir": "outputs/run"})
+    assert local.output_uri("mdp") == "outputs/run/mdp"
+    assert str(local.output_dir / "mdp") == "outputs/run/mdp"
+    assert local.model_copy(update={"seed": 3}).output_uri("x") == "outputs/run/x"

@@ -31,7 +31,7 @@ def feature_names(features_json: str | None) -> dict[int, str]:
 
 
 def normalization_path(config: PipelineConfig) -> str:
-    return str(config.output_dir / "normalization.json")
+    return config.output_uri("normalization.json")
 
 
 def identify_normalization(config: PipelineConfig) -> dict[str, Any]:

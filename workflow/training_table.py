@@ -36,7 +36,7 @@ def training_table(config: PipelineConfig) -> dict[str, Any]:
         for df in timelines.values():
             check_actions(df, action_names)
 
-    output = io.qualify(spark, str(config.output_dir / "training_table"))
+    output = io.qualify(spark, config.output_uri("training_table"))
     rows = {}
     with io.atomic_output(spark, output) as tmp:
         for split, df in timelines.items():
