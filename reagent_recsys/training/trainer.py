@@ -27,8 +27,9 @@ from tqdm import tqdm
 
 from reagent_recsys.config import TrainingConfig
 from reagent_recsys.data.loaders import TableLoader
+from reagent_recsys.evaluation.epoch_cpe import EpochCPE, EvalSplit
 from reagent_recsys.training.dqn import DQN, build_algorithm
-from reagent_recsys.training.networks import DQNModel
+from reagent_recsys.training.networks import DQNModel, bcq_filter
 
 CHECKPOINT_RE = re.compile(r"^epoch_(\d{4,})\.pt$")
 
@@ -104,6 +105,7 @@ class Trainer:
     rank: int = 0
     world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    eval_table: Path | None = None  # split for the per-epoch CPE; None: <out_dir>/../training_table/eval
 
     def __post_init__(self) -> None:
         torch.manual_seed(self.seed)
@@ -119,6 +121,7 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.step = 0  # completed updates
         self.rows_seen = 0
+        self._cpe: EpochCPE | None = None
 
     @property
     def is_chief(self) -> bool:
@@ -215,6 +218,8 @@ class Trainer:
                 for a, name in enumerate(names):
                     writer.add_scalar(f"actions/model/{name}", model_share[a], self.step)
                     writer.add_scalar(f"actions/logged/{name}", logged_share[a], self.step)
+                for key, value in self.epoch_cpe().items():
+                    writer.add_scalar(key, value, self.step)
                 writer.flush()
             self.save_checkpoint()
         bar.close()
@@ -223,6 +228,26 @@ class Trainer:
         return {"epochs": self.epoch, "updates": self.step, "rows_seen_rank": self.rows_seen,
                 "resumed_from": str(resumed_from) if resumed_from else None, "last_logged": last,
                 "weights_sha256": weights_digest(self.algo.net)}
+
+    @torch.no_grad()
+    def epoch_cpe(self) -> dict[str, float]:
+        """`cpe/...` scalars of the current greedy policy on `eval_table` (empty when off or there is no split)."""
+        if not self.config.cpe_every_epoch or not self.is_chief:
+            return {}
+        if self._cpe is None:
+            table = self.eval_table or self.out_dir.parent / "training_table" / "eval"
+            if not table.exists():
+                return {}
+            self._cpe = EpochCPE(EvalSplit.read(table), self.config.gamma, seed=self.seed)
+        split, chunk = self._cpe.split, 65536
+        outputs = [self.algo.net(self.algo.features(torch.from_numpy(split.state[i:i + chunk]).to(self.device),
+                                                    torch.from_numpy(split.state_presence[i:i + chunk]).to(self.device)))
+                   for i in range(0, len(split), chunk)]
+        q = torch.cat([o[0] for o in outputs]).cpu()  # (N, A)
+        allowed = torch.from_numpy(split.possible_actions_mask)  # (N, A)
+        if self.config.algorithm == "bcq":  # the served BCQ policy picks among the actions its imitator allows
+            allowed = bcq_filter(torch.cat([o[1] for o in outputs]).cpu(), allowed, self.config.bcq_threshold)
+        return self._cpe.scalars(q.double().numpy(), allowed.numpy())
 
     def save_model(self, path: Path, extra: dict[str, Any]) -> None:
         """Final weights + what rebuilds the network (loads with weights_only=True)."""

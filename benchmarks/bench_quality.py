@@ -1,0 +1,150 @@
+"""Learning quality and CPE accuracy on sweet_bitter: the sample configs end to end, then one table.
+
+    .venv/bin/python benchmarks/bench_quality.py [--configs sweet_bitter sweet_bitter_latent sweet_bitter_bandit]
+        [--out outputs/bench_quality] [--set key=value ...]
+
+Each config runs `workflow.end_to_end` into `<out>/<config>` (stages already up to date are skipped, so a second
+call only re-tabulates). From `evaluation/report.json`: the learned policy's true return (simulator, 95%
+interval), the random / always-sweetest / always-bitterest / logging baselines, and the sequential DR and WDR
+estimates with their intervals, whether the truth is inside and whether they are within 10% of it.
+Ranking: the random, always-sweetest and always-bitterest policies are evaluated here with the same sequential
+estimators (FQE fit per policy, `workflow.evaluate.sequential_cpe`), and their order by DR (WDR) is compared with
+the order of the true returns; two policies whose true intervals overlap count as tied (any order is right).
+`e2e s` is the sum of the stage times recorded in `<out>/<config>/_stages.json` when each stage last ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from reagent_recsys.config import GreedyPolicyConfig, PipelineConfig, RandomPolicyConfig, load_config  # noqa: E402
+from reagent_recsys.data.loaders import read_table_metadata  # noqa: E402
+from reagent_recsys.evaluation.ground_truth import (  # noqa: E402
+    action_slots,
+    document_columns,
+    env_factory,
+    logging_probabilities,
+)
+from reagent_recsys.policies.logging import build_policy  # noqa: E402
+from workflow.end_to_end import LEDGER_FILE, end_to_end  # noqa: E402
+from workflow.evaluate import read_split, sequential_cpe  # noqa: E402
+
+CONFIGS = ("sweet_bitter", "sweet_bitter_latent", "sweet_bitter_bandit")
+BASELINES = {
+    "random": RandomPolicyConfig(),
+    "always_sweetest": GreedyPolicyConfig(feature="clickbait", direction="max"),
+    "always_bitterest": GreedyPolicyConfig(feature="clickbait", direction="min"),
+}
+ESTIMATORS = ("DR", "WDR")
+
+
+def baseline_estimates(config: PipelineConfig) -> dict[str, dict[str, dict[str, float]]]:
+    """{baseline: {estimator: estimate dict}}: DR and WDR of each fixed baseline policy on the eval split."""
+    out = Path(config.output_dir)
+    table_dir = out / "training_table"
+    manifest = read_table_metadata(table_dir / "eval")
+    table_ids = [int(f) for f in manifest["feature_ids"]]
+    train, evaluation = read_split(table_dir / "train"), read_split(table_dir / "eval")
+    probe = env_factory(config.env)(1, np.random.default_rng(0))
+    columns = document_columns(table_ids, probe.features, int(probe.num_actions))
+    if columns is None:
+        raise ValueError(f"{table_dir}: the candidates' clickbait is not in the state; cannot evaluate baselines")
+    slots = action_slots([str(a) for a in manifest["action_names"]], int(probe.num_actions))
+    found: dict[str, dict[str, dict[str, float]]] = {}
+    for name, policy_config in BASELINES.items():
+        policy = build_policy(policy_config, field=f"baseline {name}")
+        target = logging_probabilities(policy, evaluation["state"], columns, slots)  # (N, A)
+        train_next = logging_probabilities(policy, train["next_state"], columns, slots)  # (N, A)
+        estimates = sequential_cpe(config, train, evaluation, target, train_next)
+        found[name] = {e.name: e.to_dict() for e in estimates if e.name in ESTIMATORS}
+    return found
+
+
+def ranked_in_true_order(truth: dict[str, dict[str, float]], estimate: dict[str, float]) -> bool:
+    """True when every pair of policies with disjoint true intervals is ordered the same by the estimate."""
+    for a, b in itertools.combinations(truth, 2):
+        ta, tb = truth[a], truth[b]
+        if ta["upper"] < tb["lower"] or tb["upper"] < ta["lower"]:  # truly different
+            if (ta["mean"] < tb["mean"]) != (estimate[a] < estimate[b]):
+                return False
+    return True
+
+
+def run(name: str, out_root: Path, overrides: list[str]) -> dict[str, Any]:
+    """One config end to end, then its row of the table."""
+    config = load_config(ROOT / "sample_configs" / f"{name}.yaml", [f"output_dir={out_root / name}", *overrides])
+    started = time.perf_counter()
+    stages = end_to_end(config)
+    seconds = time.perf_counter() - started
+    report = json.loads((Path(config.output_dir) / "evaluation" / "report.json").read_text())
+    truth = {p["name"]: p for p in report["ground_truth"]["policies"]}
+    learned = {e["name"]: e for e in report["sequential"]["estimates"]}
+    baselines = baseline_estimates(config)
+    ranks = {}
+    truth4 = {"learned": truth["policy"], **{b: truth[b] for b in BASELINES}}
+    for est in ESTIMATORS:
+        values = {"learned": learned[est]["value"], **{b: baselines[b][est]["value"] for b in BASELINES}}
+        ranks[est] = ranked_in_true_order(truth4, values)
+    ledger = json.loads((Path(config.output_dir) / LEDGER_FILE).read_text())
+    stage_seconds = sum(entry["seconds"] for entry in ledger.values())  # as recorded when each stage last ran
+    return {"config": name, "truth": truth, "learned": learned, "baselines": baselines, "ranks": ranks,
+            "seconds": seconds, "stage_seconds": stage_seconds,
+            "skipped": [k for k, s in stages.items() if s.get("skipped")]}
+
+
+def _estimate_cell(est: dict[str, Any], truth: float) -> str:
+    inside = est["lower"] <= truth <= est["upper"]
+    close = abs(est["value"] - truth) <= 0.1 * abs(truth)
+    return (f"{est['value']:7.1f} [{est['lower']:6.1f},{est['upper']:6.1f}] "
+            f"in={'y' if inside else 'n'} 10%={'y' if close else 'n'}")
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(f"{'config':20s} {'learned (true, 95%)':22s} {'random':>7s} {'sweet':>6s} {'bitter':>6s} "
+          f"{'logging':>7s}  {'DR [95%]':38s} {'WDR [95%]':38s} rank DR/WDR  e2e s")
+    for row in rows:
+        t = row["truth"]
+        p = t["policy"]
+        print(f"{row['config']:20s} {p['mean']:6.1f} [{p['lower']:6.1f},{p['upper']:6.1f}] "
+              f"{t['random']['mean']:7.1f} {t['always_sweetest']['mean']:6.1f} {t['always_bitterest']['mean']:6.1f} "
+              f"{t['logging']['mean']:7.1f}  {_estimate_cell(row['learned']['DR'], p['mean']):38s} "
+              f"{_estimate_cell(row['learned']['WDR'], p['mean']):38s} "
+              f"{'y' if row['ranks']['DR'] else 'n'}/{'y' if row['ranks']['WDR'] else 'n'}"
+              f"{row['stage_seconds']:11.0f}")
+    print("\nbaselines by the estimators (true | DR | WDR):")
+    for row in rows:
+        cells = []
+        for name in BASELINES:
+            est = row["baselines"][name]
+            cells.append(f"{name} {row['truth'][name]['mean']:.1f} | {est['DR']['value']:.1f} | "
+                         f"{est['WDR']['value']:.1f}")
+        print(f"  {row['config']:20s} " + ";  ".join(cells))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), help="sample_configs/<name>.yaml to run")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_quality", help="output root")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="dotted.key=value override")
+    args = parser.parse_args()
+    rows = []
+    for name in args.configs:
+        rows.append(run(name, args.out, args.overrides))
+        print(f"{name}: {rows[-1]['seconds']:.0f} s (skipped: {', '.join(rows[-1]['skipped']) or 'none'})",
+              file=sys.stderr, flush=True)
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
