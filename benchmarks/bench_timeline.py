@@ -1,7 +1,7 @@
 """Timeline operator throughput: Spark local[2] against a single-process pyarrow/numpy implementation.
 
     .venv/bin/python benchmarks/bench_timeline.py [--rows 1000000 10000000] [--no-training-table-above N]
-        [--no-baseline-above N]
+        [--no-baseline-above N] [--repeat N]
 
 A synthetic mdp table shaped like the simulator's (10-step episodes, 24 state features, 10 candidate actions,
 3 metrics; one ds partition, rows shuffled within each 500k-row file) is written once per size with pyarrow.
@@ -145,6 +145,7 @@ def spark_run(spark, root: Path, with_training_table: bool) -> tuple[float, floa
     from preprocessing.timeline_job import run_timeline
 
     config = validate_config({"output_dir": str(root), "timeline": {"eval_fraction": 0.2}})
+    shutil.rmtree(root / "timeline", ignore_errors=True)
     cpu, started = jvm_cpu_seconds(spark), time.perf_counter()
     run_timeline(spark, config)
     timeline_s, timeline_cpu = time.perf_counter() - started, jvm_cpu_seconds(spark) - cpu
@@ -152,6 +153,7 @@ def spark_run(spark, root: Path, with_training_table: bool) -> tuple[float, floa
         return timeline_s, timeline_cpu, None, None
     from preprocessing.training_table import build_training_table
 
+    shutil.rmtree(root / "training_table", ignore_errors=True)
     cpu, started = jvm_cpu_seconds(spark), time.perf_counter()
     for split in ("train", "eval"):
         timeline = spark.read.parquet(str(root / "timeline" / split))
@@ -169,6 +171,7 @@ def main() -> None:
     parser.add_argument("--no-training-table-above", type=int, default=2_000_000,
                         help="Time the training table only up to this many rows (it is the slow part).")
     parser.add_argument("--driver-memory", default="4g")
+    parser.add_argument("--repeat", type=int, default=1, help="Time the Spark stages this many times per size.")
     args = parser.parse_args()
     from preprocessing.spark import get_spark
 
@@ -186,14 +189,16 @@ def main() -> None:
         try:
             mdp = synthetic_mdp(root, rows)
             tt = with_tt and rows <= args.no_training_table_above
-            timeline_s, timeline_cpu, tt_s, tt_cpu = spark_run(spark, root, tt)
-            print(f"{rows}: spark timeline {timeline_s:.1f}s ({timeline_cpu:.1f} cpu-s)", file=sys.stderr)
-            base_s = base_cpu = None
-            if rows <= args.no_baseline_above:
-                cpu, t0 = time.process_time(), time.perf_counter()
-                baseline_timeline(mdp, root / "baseline")
-                base_s, base_cpu = time.perf_counter() - t0, time.process_time() - cpu
-            lines.append((rows, timeline_s, timeline_cpu, tt_s, tt_cpu, base_s, base_cpu))
+            for _ in range(args.repeat):
+                timeline_s, timeline_cpu, tt_s, tt_cpu = spark_run(spark, root, tt)
+                print(f"{rows}: spark timeline {timeline_s:.1f}s ({timeline_cpu:.1f} cpu-s)", file=sys.stderr)
+                base_s = base_cpu = None
+                if rows <= args.no_baseline_above:
+                    cpu, t0 = time.process_time(), time.perf_counter()
+                    shutil.rmtree(root / "baseline", ignore_errors=True)
+                    baseline_timeline(mdp, root / "baseline")
+                    base_s, base_cpu = time.perf_counter() - t0, time.process_time() - cpu
+                lines.append((rows, timeline_s, timeline_cpu, tt_s, tt_cpu, base_s, base_cpu))
         finally:
             shutil.rmtree(root, ignore_errors=True)
     spark.stop()

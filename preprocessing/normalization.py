@@ -44,9 +44,20 @@ def compute_feature_statistics(
 
     Same input partitioning and seed -> same statistics and sample. Raises DataValidationError on NaN/inf values.
     """
+    from pyspark import StorageLevel
+
+    # Three passes read the values: explode the map once and keep the (feature_id, value) rows (16 bytes each,
+    # compressed in Spark's columnar cache) instead of reading and exploding the timeline three times.
+    values = _exploded(timeline).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        return _statistics(values, config, seed)
+    finally:
+        values.unpersist()
+
+
+def _statistics(values, config: NormalizationConfig, seed: int) -> dict[int, FeatureStatistics]:
     from pyspark.sql import functions as F
 
-    values = _exploded(timeline)
     probs = [k / config.quantile_size for k in range(config.quantile_size + 1)]
     accuracy = max(1, int(round(1.0 / config.quantile_relative_error)))
     not_finite = F.isnan("value") | F.col("value").isin(math.inf, -math.inf)

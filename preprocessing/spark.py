@@ -39,6 +39,10 @@ def get_spark(config: SparkConfig | None = None, master: str | None = None):
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
+        # Trap: the JVM never JIT-compiles a method over 8000 bytes of bytecode, and whole-stage codegen fuses a
+        # wide projection (the dense training table: ~130 expressions) into one such method, which then runs
+        # interpreted: measured 32 -> 5 CPU-s per million rows. With this limit Spark splits such stages.
+        "spark.sql.codegen.hugeMethodLimit": "8000",
         "spark.driver.extraJavaOptions": f"-Dlog4j.configurationFile={LOG4J_CONFIG.as_uri()}",
         **config.conf,
     }

@@ -159,21 +159,24 @@ def build_timeline(
     gamma^k reward_{t+k} over k < n_steps = min(n, L - t); when t + n is past the end the transition is terminal
     (not_terminal false, empty next_*, time_diff 1). With n = 1 only the last step is terminal.
     """
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     n = multi_steps
     spark_types = {f.name: f.dataType for f in TIMELINE.spark().fields}
-    ordered, whole = _episode_window(), _episode_window(ordered=False)
+    # One partitioning and one ordering for every window expression: Spark evaluates them all in one Window
+    # operator after one sort (an unordered window for the length would cost a second operator).
+    ordered = _episode_window()
+    whole = ordered.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
     seq = F.col("sequence_number")
     staged = valid.select(
         *MDP.names,
         F.count(F.lit(1)).over(whole).alias("_length"),
-        F.min(seq).over(whole).alias("_first_seq"),
+        F.first(seq).over(whole).alias("_first_seq"),
         F.row_number().over(ordered).cast("long").alias("sequence_number_ordinal"),
-        F.lead("state_features", n).over(ordered).alias("_next_state"),
-        F.lead("action", n).over(ordered).alias("_next_action"),
-        F.lead("possible_actions", n).over(ordered).alias("_next_possible"),
         F.lead(seq, n).over(ordered).alias("_next_seq"),
+        # One lead of a struct instead of one per column: one offset frame copies the next row's fields.
+        F.lead(F.struct("state_features", "action", "possible_actions"), n).over(ordered).alias("_next"),
         (F.col("reward") if n == 1 else F.collect_list("reward").over(ordered.rowsBetween(0, n - 1))).alias(
             "_rewards"
         ),
@@ -196,9 +199,11 @@ def build_timeline(
         "reward",
         "possible_actions",
         "metrics",
-        F.coalesce("_next_state", _empty(spark_types["next_state_features"])).alias("next_state_features"),
-        F.coalesce("_next_action", F.lit("")).alias("next_action"),
-        F.coalesce("_next_possible", _empty(spark_types["possible_next_actions"])).alias("possible_next_actions"),
+        F.coalesce("_next.state_features", _empty(spark_types["next_state_features"])).alias("next_state_features"),
+        F.coalesce("_next.action", F.lit("")).alias("next_action"),
+        F.coalesce("_next.possible_actions", _empty(spark_types["possible_next_actions"])).alias(
+            "possible_next_actions"
+        ),
         F.coalesce(F.col("_next_seq") - seq, F.lit(1)).cast("long").alias("time_diff"),
         (seq - F.col("_first_seq")).cast("long").alias("time_since_first"),
         not_terminal.alias("not_terminal"),

@@ -42,7 +42,6 @@ from reagent_recsys.schema import MANIFEST_FILE, MDP, TIMELINE  # noqa: E402
 
 logger = logging.getLogger("reagent_recsys.timeline")
 
-
 def timeline_paths(config: PipelineConfig) -> tuple[str, str]:
     """(input mdp table, output timeline directory) for a run."""
     tl = config.timeline
