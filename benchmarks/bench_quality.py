@@ -65,8 +65,8 @@ def baseline_estimates(config: PipelineConfig) -> dict[str, dict[str, dict[str, 
     for name, policy_config in BASELINES.items():
         policy = build_policy(policy_config, field=f"baseline {name}")
         target = logging_probabilities(policy, evaluation["state"], columns, slots)  # (N, A)
-        train_next = logging_probabilities(policy, train["next_state"], columns, slots)  # (N, A)
-        estimates = sequential_cpe(config, train, evaluation, target, train_next)
+        train_target = logging_probabilities(policy, train["state"], columns, slots)  # (N, A) pi(.|s)
+        estimates = sequential_cpe(config, train, evaluation, target, train_target)
         found[name] = {e.name: e.to_dict() for e in estimates if e.name in ESTIMATORS}
     return found
 

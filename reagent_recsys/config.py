@@ -310,6 +310,14 @@ class EvaluationConfig(StrictModel):
     fqe_learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate of FQE and the reward model.")
     fqe_batch_size: int = Field(512, gt=0, description="Transitions per FQE gradient step.")
     reward_model_epochs: int = Field(20, gt=0, description="Passes over the data fitting the one-step reward model.")
+    model_bootstrap_fits: int = Field(
+        5, ge=0, description="K refits of FQE and the reward model on bootstrap resamples of the train episodes; "
+        "the spread of the model-based estimates over them widens their intervals (0: model held fixed)."
+    )
+    model_refit_fraction: float = Field(
+        0.3, gt=0, le=1, description="Each refit is warm-started from the main fit and runs this fraction of "
+        "fqe_iterations (FQE) and reward_model_epochs (reward model), at least one."
+    )
 
 
 class SparkConfig(StrictModel):

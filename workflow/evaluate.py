@@ -3,7 +3,10 @@
 1. The exported TorchScript policy (exactly what is served) gives the target probabilities on the eval split:
    one-hot of its greedy action when ``metadata["greedy"]``, else its softmax probabilities (the served mode).
 2. One-step CPE (DM, IPS, SNIPS, DR, Switch-DR; reward model fit on the train split) and sequential CPE (PDIS,
-   WPDIS, FQE, DR, WDR, MAGIC; FQE fit on the train split) with ``evaluation.gamma``.
+   WPDIS, FQE, DR, WDR, MAGIC; FQE fit on the train split) with ``evaluation.gamma``. FQE always learns from
+   1-step transitions rebuilt from the table's rows (its next_state is n steps ahead when
+   ``timeline.multi_steps > 1``, which would value the logging policy). Intervals of the model-based estimators
+   include the model's fitting error: see ``INTERVAL_METHOD``.
 3. Ground truth: the served policy, the logging policy, random, always-sweetest and always-bitterest run in the
    simulator (same users for all: common random numbers); the exact one-step value on the logged contexts when
    the satisfaction is observed.
@@ -36,6 +39,8 @@ from reagent_recsys.evaluation import (
     fit_reward_model,
     fqe_settings,
 )
+from reagent_recsys.evaluation.bootstrap import widen_with_model_spread
+from reagent_recsys.evaluation.fqe import FittedQ, next_step_index, refit_on_resamples
 from reagent_recsys.evaluation.ground_truth import (
     GroundTruth,
     ServedPolicyActor,
@@ -50,7 +55,10 @@ from reagent_recsys.evaluation.ground_truth import (
     simulate,
     slate_size_of,
 )
+from reagent_recsys.evaluation.magic import magic_blend
+from reagent_recsys.evaluation.one_step import dm_terms, dr_terms, switch_dr_terms
 from reagent_recsys.evaluation.report import with_truth, write_report
+from reagent_recsys.evaluation.sequential import doubly_robust_terms, wdr_statistic
 from reagent_recsys.export import METADATA_FILE, ExportedPolicy
 from reagent_recsys.policies.logging import build_policy
 
@@ -60,6 +68,14 @@ RELATIVE = {
     "sequential": "estimate / mean logged discounted (gamma) episode return of the eval split "
                   "(1.0 = as good as the logging policy)",
 }
+INTERVAL_METHOD = (
+    "percentile bootstrap over eval contexts/episodes (model held fixed); for the model-based estimators "
+    "(DM, DR, Switch-DR, FQE, sequential DR, WDR, MAGIC) each half-width is then widened by the model's fitting "
+    "error: the reward model / FQE is refit on K bootstrap resamples of the TRAIN episodes (warm-started from "
+    "the main fit), the estimator is re-evaluated with each refit, and half' = sqrt(half^2 + (1 + 1/K) "
+    "(z * s_b)^2) with s_b the std of the K refit estimates (total variance = within + between); "
+    "model_spread = s_b and model_fits = K in each estimate"
+)
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -112,34 +128,109 @@ def policy_probabilities(policy: Any, state: np.ndarray, presence: np.ndarray, m
 
 
 # --------------------------------------------------------------------------------------------- CPE
-def one_step_cpe(config: PipelineConfig, train: Split, evaluation: Split, target: np.ndarray) -> list[Estimate]:
-    """DM, IPS, SNIPS, DR, Switch-DR on the eval split; the reward model is fit on the train split."""
+def one_step_cpe(config: PipelineConfig, train: Split, evaluation: Split, target: np.ndarray,
+                 timings: dict[str, float] | None = None) -> list[Estimate]:
+    """DM, IPS, SNIPS, DR, Switch-DR on the eval split; the reward model is fit on the train split.
+
+    DM, DR and Switch-DR intervals include the reward model's error (``INTERVAL_METHOD``); `timings` receives
+    the seconds of the main fit and of the refits.
+    """
     cfg = config.evaluation
     num_actions = target.shape[1]
-    model = fit_reward_model(train["state"], train["action"], train["reward"], num_actions,
-                             epochs=cfg.reward_model_epochs, hidden_sizes=tuple(cfg.fqe_hidden_sizes),
-                             learning_rate=cfg.fqe_learning_rate, batch_size=cfg.fqe_batch_size, seed=config.seed)
-    data = BanditData(evaluation["action"], evaluation["action_probability"], evaluation["reward"], target,
-                      reward_predictions=model.q_values(evaluation["state"]),
-                      possible_action_mask=evaluation["possible_actions_mask"])
-    return evaluate_one_step(data, BootstrapSpec.from_config(cfg, config.seed), cfg.switch_tau)
+    settings = {"hidden_sizes": tuple(cfg.fqe_hidden_sizes), "learning_rate": cfg.fqe_learning_rate,
+                "batch_size": cfg.fqe_batch_size}
+
+    def fit(rows: np.ndarray, seed: int, epochs: int, init: FittedQ | None = None) -> FittedQ:
+        return fit_reward_model(train["state"][rows], train["action"][rows], train["reward"][rows], num_actions,
+                                epochs=epochs, seed=seed, init=init, **settings)
+
+    def bandit(model: FittedQ) -> BanditData:
+        return BanditData(evaluation["action"], evaluation["action_probability"], evaluation["reward"], target,
+                          reward_predictions=model.q_values(evaluation["state"]),
+                          possible_action_mask=evaluation["possible_actions_mask"])
+
+    clock = time.perf_counter()
+    model = fit(np.arange(len(train["action"])), config.seed, cfg.reward_model_epochs)
+    main_seconds = time.perf_counter() - clock
+    estimates = evaluate_one_step(bandit(model), BootstrapSpec.from_config(cfg, config.seed), cfg.switch_tau)
+    clock = time.perf_counter()
+    refit_epochs = max(1, round(cfg.reward_model_epochs * cfg.model_refit_fraction))
+    refits = refit_on_resamples(lambda rows, seed: fit(rows, seed, refit_epochs, model), train["mdp_key"],
+                                cfg.model_bootstrap_fits, config.seed)
+    values: dict[str, list[float]] = {"DM": [], "DR": [], "Switch-DR": []}
+    for refit in refits:
+        data = bandit(refit)
+        values["DM"].append(float(dm_terms(data).mean()))
+        values["DR"].append(float(dr_terms(data).mean()))
+        values["Switch-DR"].append(float(switch_dr_terms(data, cfg.switch_tau).mean()))
+    if timings is not None:
+        timings.update(reward_model_fit=main_seconds, reward_model_refits=time.perf_counter() - clock)
+    return [widen_with_model_spread(e, values[e.name], cfg.confidence_level) if e.name in values else e
+            for e in estimates]
+
+
+def fqe_transitions(train: Split, train_target: np.ndarray) -> dict[str, np.ndarray]:
+    """1-step FQE transitions rebuilt from the train split's rows (every logged step, any order).
+
+    s' is the state of the episode's next row, r the one-step `reward`, pi(.|s') the target on that row (so
+    restricted to its possible actions); the episode's last row is terminal. Unlike the table's n-step
+    next_state, whose target would follow the logged actions for n - 1 steps.
+    """
+    nxt, live = next_step_index(train["mdp_key"], train["sequence_number"])
+    return {"state": train["state"], "action": train["action"], "reward": train["reward"],
+            "next_state": train["state"][nxt], "not_terminal": live, "next_target_probs": train_target[nxt]}
+
+
+def model_based_values(data: EpisodeData, num_j_steps: int, seed: int) -> dict[str, float]:
+    """Point values of FQE (the model's value), DR, WDR and MAGIC on `data` (no resampling)."""
+    q, v = data.model_terms()
+    wdr = wdr_statistic(data.w, data.w_prev, data.r, q, v, data.discount)(np.ones((1, data.num_episodes)))
+    return {"FQE": float(v[:, 0].mean()), "DR": float(doubly_robust_terms(data).mean()), "WDR": float(wdr[0]),
+            "MAGIC": magic_blend(data, num_j_steps, seed).value}
 
 
 def sequential_cpe(config: PipelineConfig, train: Split, evaluation: Split, target: np.ndarray,
-                   train_next_target: np.ndarray | None) -> list[Estimate]:
-    """PDIS, WPDIS and (with `train_next_target`, pi(.|s') on the train split) FQE, DR, WDR, MAGIC."""
+                   train_target: np.ndarray | None, timings: dict[str, float] | None = None) -> list[Estimate]:
+    """PDIS, WPDIS and (with `train_target`, pi(.|s) on the train split) FQE, DR, WDR, MAGIC.
+
+    FQE learns from 1-step transitions (`fqe_transitions`); FQE, DR, WDR and MAGIC intervals include its error
+    (``INTERVAL_METHOD``); `timings` receives the seconds of the main fit and of the refits.
+    """
     cfg = config.evaluation
-    q_estimates = None
-    if train_next_target is not None:
-        one_step = bool((train["n_steps"] == 1).all())
-        fqe = fit_fqe(train["state"], train["action"], train["reward" if one_step else "n_step_reward"],
-                      train["next_state"], train["not_terminal"], train_next_target, cfg.gamma,
-                      n_steps=None if one_step else train["n_steps"], **fqe_settings(cfg, config.seed))
-        q_estimates = fqe.q_values(evaluation["state"])
-    data = EpisodeData.from_flat(evaluation["mdp_key"], evaluation["sequence_number"], evaluation["action"],
-                                 evaluation["action_probability"], evaluation["reward"], target, cfg.gamma,
-                                 q_estimates=q_estimates, possible_action_mask=evaluation["possible_actions_mask"])
-    return evaluate_sequential(data, BootstrapSpec.from_config(cfg, config.seed), cfg.magic_num_j_steps)
+
+    def episodes(q_estimates: np.ndarray | None) -> EpisodeData:
+        return EpisodeData.from_flat(evaluation["mdp_key"], evaluation["sequence_number"], evaluation["action"],
+                                     evaluation["action_probability"], evaluation["reward"], target, cfg.gamma,
+                                     q_estimates=q_estimates,
+                                     possible_action_mask=evaluation["possible_actions_mask"])
+
+    spec = BootstrapSpec.from_config(cfg, config.seed)
+    if train_target is None:
+        return evaluate_sequential(episodes(None), spec, cfg.magic_num_j_steps)
+    transitions = fqe_transitions(train, train_target)
+
+    def fit(rows: np.ndarray, seed: int, iterations: int, init: FittedQ | None = None) -> FittedQ:
+        arrays = [transitions[k][rows] for k in ("state", "action", "reward", "next_state", "not_terminal",
+                                                   "next_target_probs")]
+        return fit_fqe(*arrays, cfg.gamma, **{**fqe_settings(cfg, seed), "iterations": iterations}, init=init)
+
+    clock = time.perf_counter()
+    fqe = fit(np.arange(len(train["action"])), config.seed, cfg.fqe_iterations)
+    main_seconds = time.perf_counter() - clock
+    estimates = evaluate_sequential(episodes(fqe.q_values(evaluation["state"])), spec, cfg.magic_num_j_steps)
+    clock = time.perf_counter()
+    refit_iterations = max(1, round(cfg.fqe_iterations * cfg.model_refit_fraction))
+    refits = refit_on_resamples(lambda rows, seed: fit(rows, seed, refit_iterations, fqe), train["mdp_key"],
+                                cfg.model_bootstrap_fits, config.seed)
+    values: dict[str, list[float]] = {}
+    for refit in refits:
+        point = model_based_values(episodes(refit.q_values(evaluation["state"])), cfg.magic_num_j_steps, spec.seed)
+        for name, value in point.items():
+            values.setdefault(name, []).append(value)
+    if timings is not None:
+        timings.update(fqe_fit=main_seconds, fqe_refits=time.perf_counter() - clock)
+    return [widen_with_model_spread(e, values[e.name], cfg.confidence_level) if e.name in values else e
+            for e in estimates]
 
 
 # -------------------------------------------------------------------------------------- the stage
@@ -199,10 +290,12 @@ def evaluate(config: PipelineConfig) -> dict[str, Any]:
     # 1-2. target probabilities in the served mode, then CPE.
     target = policy_probabilities(policy, *align(evaluation, "", table_ids, policy_ids),
                                   evaluation["possible_actions_mask"], greedy)
-    train_next = policy_probabilities(policy, *align(train, "next_", table_ids, policy_ids),
-                                      train["possible_next_actions_mask"], greedy)
-    one_step = one_step_cpe(config, train, evaluation, target)
-    sequential = sequential_cpe(config, train, evaluation, target, train_next)
+    train_target = policy_probabilities(policy, *align(train, "", table_ids, policy_ids),
+                                        train["possible_actions_mask"], greedy)
+    cpe_started, timings = time.perf_counter(), {}
+    one_step = one_step_cpe(config, train, evaluation, target, timings)
+    sequential = sequential_cpe(config, train, evaluation, target, train_target, timings)
+    timings["cpe_total"] = time.perf_counter() - cpe_started
 
     # 3-4. ground truth in the simulator, and the training curve.
     make = env_factory(config.env)
@@ -228,6 +321,10 @@ def evaluate(config: PipelineConfig) -> dict[str, Any]:
     report = {
         "gamma": cfg.gamma,
         "relative": RELATIVE,
+        "intervals": {"method": INTERVAL_METHOD, "confidence": cfg.confidence_level,
+                      "bootstrap_samples": cfg.bootstrap_samples, "model_bootstrap_fits": cfg.model_bootstrap_fits,
+                      "model_refit_fraction": cfg.model_refit_fraction},
+        "fqe_transitions": "1-step, rebuilt from consecutive rows of each train episode (reward = one-step reward)",
         "policy": {"path": str(out / "export" / "policy.pt"), "greedy": greedy,
                    "mode": "one-hot of the greedy action" if greedy else "softmax action_probabilities"},
         "eval_split": {"rows": int(len(evaluation["action"])),
@@ -247,6 +344,7 @@ def evaluate(config: PipelineConfig) -> dict[str, Any]:
                                "the same simulated users)",
         "logging_self_check": logging_self_check(config, evaluation, table_ids, action_names, env_features,
                                                  num_candidates),
+        "cpe_seconds": {name: round(seconds, 2) for name, seconds in timings.items()},
         "seconds": round(time.perf_counter() - started, 2),
     }
     paths = write_report(out / "evaluation", report)

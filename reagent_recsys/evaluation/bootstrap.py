@@ -8,13 +8,20 @@ estimators become one matrix product (``counts @ terms``), so resampling is vect
 ``relative`` is the estimate divided by the logged policy's value measured on the same data (the baseline):
 1.0 means "as good as the logging policy", 1.10 means "10% more reward". Its interval comes from the same
 resamples as the estimate's, so it accounts for the noise in both. It is ``None`` when the baseline is 0.
+
+Model-based estimators (DM, DR, FQE, WDR, MAGIC, ...) hold their fitted model fixed in these resamples, so the
+interval omits the model's own fitting error. `widen_with_model_spread` adds it: the model is refit on K
+bootstrap resamples of the TRAINING data, the estimator is re-evaluated with each refit, and each half-width of
+the interval is widened by total variance = within + (1 + 1/K) between (Rubin's rule), with the between-fit
+variance s_b^2 of the K refit estimates: half' = sqrt(half^2 + (z s_b)^2 (1 + 1/K)), z the normal quantile.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from statistics import NormalDist
 
 import numpy as np
 
@@ -57,6 +64,8 @@ class Estimate:
     relative, relative_lower, relative_upper: value / baseline (1.0 = the logging policy's value) and interval.
     n: number of resampled units (contexts for one-step estimators, episodes for sequential ones).
     baseline: the logged policy's value on the same data (mean reward, or mean discounted episode return).
+    model_spread, model_fits: std of the estimate over the model refits and their number (K), when the interval
+    was widened by `widen_with_model_spread`; None/0 for intervals from the data resamples alone.
     """
 
     name: str
@@ -68,6 +77,8 @@ class Estimate:
     relative_upper: float | None
     n: int
     baseline: float
+    model_spread: float | None = None
+    model_fits: int = 0
 
     def to_dict(self) -> dict[str, str | int | float | None]:
         """Plain JSON-safe dict (non-finite numbers become None)."""
@@ -116,6 +127,35 @@ def bootstrap_estimate(
             rel_lower, rel_upper = _percentile_interval(boot / boot_base, spec.confidence)
         relative = value / base
     return Estimate(name, value, lower, upper, relative, rel_lower, rel_upper, n, base)
+
+
+def widen_with_model_spread(estimate: Estimate, refit_values: Sequence[float], confidence: float) -> Estimate:
+    """`estimate` with its interval widened by the spread of `refit_values` (the estimate under K model refits).
+
+    Each half-width h (value - lower, upper - value) becomes sqrt(h^2 + (1 + 1/K) (z s_b)^2), s_b the sample
+    std of the refit values (within + between variance); the relative interval likewise with s_b / baseline.
+    With fewer than 2 finite refit values the estimate is returned unchanged.
+    """
+    values = np.asarray(refit_values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        return estimate
+    spread = float(values.std(ddof=1))
+    extra = (1.0 + 1.0 / len(values)) * (NormalDist().inv_cdf((1.0 + confidence) / 2.0) * spread) ** 2
+
+    def widen(center: float | None, lower: float | None, upper: float | None, scale: float):
+        if center is None or lower is None or upper is None:
+            return lower, upper
+        low_half, high_half = max(center - lower, 0.0), max(upper - center, 0.0)
+        return (center - math.sqrt(low_half ** 2 + extra / scale ** 2),
+                center + math.sqrt(high_half ** 2 + extra / scale ** 2))
+
+    lower, upper = widen(estimate.value, estimate.lower, estimate.upper, 1.0)
+    rel_lower, rel_upper = estimate.relative_lower, estimate.relative_upper
+    if estimate.baseline != 0.0:
+        rel_lower, rel_upper = widen(estimate.relative, rel_lower, rel_upper, abs(estimate.baseline))
+    return replace(estimate, lower=lower, upper=upper, relative_lower=rel_lower, relative_upper=rel_upper,
+                   model_spread=spread, model_fits=len(values))
 
 
 def _percentile_interval(draws: np.ndarray, confidence: float) -> tuple[float, float]:

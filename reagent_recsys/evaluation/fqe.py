@@ -4,12 +4,19 @@ FQE iterates Q_k(s, a) <- r + gamma^n * not_terminal * sum_a' pi(a'|s') Q_{k-1}(
 each iteration freezes a copy of the network, computes the targets with it, and regresses the network on them
 for `epochs` passes (warm-started). After K iterations Q covers about K steps of the future. With gamma = 0
 (one iteration) it is a reward model q(x, a) = E[r | x, a], which `fit_reward_model` provides.
+
+Transitions must be ONE step: with n-step transitions (s_t, s_{t+n}) the target sum_{k<n} gamma^k r_{t+k} follows
+the LOGGED actions for k >= 1, so FQE would value the logging policy. `next_step_index` rebuilds 1-step
+transitions from a table holding every logged step.
+
+Model uncertainty: `refit_on_resamples` refits a model on bootstrap resamples of whole training episodes (warm
+started from the main fit via ``init``); the spread of the estimates across refits is the model's fitting error.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,9 +98,12 @@ def fit_fqe(
     batch_size: int = 512,
     seed: int = 0,
     num_threads: int | None = 1,
+    init: FittedQ | None = None,
 ) -> FittedQ:
     """Fit Q^pi by fitted Q evaluation on logged transitions; same seed, same model.
 
+    init: warm start from this fitted model (its weights, input standardization and reward scale; then
+    `hidden_sizes` is ignored). Used for bootstrap refits, which then need fewer iterations.
     num_threads: torch intra-op threads while fitting (restored after); these small MLPs run several times
     faster on 1 thread than on 2 busy cores. None keeps torch's setting.
     """
@@ -102,13 +112,13 @@ def fit_fqe(
         torch.set_num_threads(num_threads)
     try:
         return _fit_fqe(state, action, reward, next_state, not_terminal, next_target_probs, gamma, n_steps,
-                        iterations, epochs, hidden_sizes, learning_rate, batch_size, seed)
+                        iterations, epochs, hidden_sizes, learning_rate, batch_size, seed, init)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _fit_fqe(state, action, reward, next_state, not_terminal, next_target_probs, gamma, n_steps,
-             iterations, epochs, hidden_sizes, learning_rate, batch_size, seed) -> FittedQ:
+             iterations, epochs, hidden_sizes, learning_rate, batch_size, seed, init) -> FittedQ:
     state, next_state = np.asarray(state, np.float32), np.asarray(next_state, np.float32)
     action, reward = np.asarray(action, np.int64), np.asarray(reward, np.float64)
     not_terminal = np.asarray(not_terminal).astype(bool)
@@ -126,9 +136,14 @@ def _fit_fqe(state, action, reward, next_state, not_terminal, next_target_probs,
     std = state.std(axis=0)
     reward_std = float(reward.std())
     reward_scale = reward_std if reward_std > 1e-8 else 1.0  # Q is trained in units of the reward's spread
-    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global torch RNG
-        torch.manual_seed(seed)
-        net = QNetwork(state.mean(axis=0), np.where(std > 1e-6, std, 1.0), reward_scale, num_actions, hidden_sizes)
+    if init is not None:
+        net = copy.deepcopy(init.network)
+        reward_scale = float(net.reward_scale)  # keep the main fit's units so its weights stay meaningful
+    else:
+        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global torch RNG
+            torch.manual_seed(seed)
+            net = QNetwork(state.mean(axis=0), np.where(std > 1e-6, std, 1.0), reward_scale, num_actions,
+                           hidden_sizes)
     optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
 
@@ -170,15 +185,62 @@ def fit_reward_model(
     batch_size: int = 512,
     seed: int = 0,
     num_threads: int | None = 1,
+    init: FittedQ | None = None,
 ) -> FittedQ:
-    """q(x, a) = E[r | x, a] for DM/DR: FQE with gamma = 0 and a single iteration."""
+    """q(x, a) = E[r | x, a] for DM/DR: FQE with gamma = 0 and a single iteration (`init`: warm start)."""
     state = np.asarray(state, np.float32)
     n = len(state)
     return fit_fqe(
         state, action, reward, state, np.zeros(n, bool), np.full((n, num_actions), 1.0 / num_actions), 0.0,
         iterations=1, epochs=epochs, hidden_sizes=hidden_sizes, learning_rate=learning_rate,
-        batch_size=batch_size, seed=seed, num_threads=num_threads,
+        batch_size=batch_size, seed=seed, num_threads=num_threads, init=init,
     )
+
+
+def next_step_index(episode_key: np.ndarray, sequence_number: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """1-step transitions from a table holding every logged step: (N,) next-row index and (N,) not_terminal.
+
+    Row i's next state is the state of the row with the same key and the next larger sequence_number
+    (gaps allowed); the episode's last row is terminal (its index points to itself). Rows may come in any order.
+    """
+    key, seq = np.asarray(episode_key), np.asarray(sequence_number)
+    if key.ndim != 1 or seq.shape != key.shape:
+        raise EvaluationDataError(f"episode_key and sequence_number must be equal-length 1-d arrays, "
+                                  f"got shapes {key.shape} and {seq.shape}")
+    order = np.lexsort((seq, key))  # (N,)
+    same = key[order][1:] == key[order][:-1]  # (N-1,) row k and k+1 (sorted) share an episode
+    dup = same & (seq[order][1:] == seq[order][:-1])
+    if dup.any():
+        rows = order[np.flatnonzero(dup)[:5]]
+        raise EvaluationDataError(f"unique (mdp_key, sequence_number): {int(dup.sum())} duplicate steps, "
+                                  f"e.g. keys {key[rows].tolist()} at sequence_number {seq[rows].tolist()}")
+    live_sorted = np.r_[same, False]  # (N,)
+    next_sorted = np.where(live_sorted, np.r_[order[1:], order[-1:]], order)  # (N,)
+    next_index, not_terminal = np.empty_like(order), np.empty(len(order), dtype=bool)
+    next_index[order], not_terminal[order] = next_sorted, live_sorted
+    return next_index, not_terminal
+
+
+def resample_groups(group: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Row indices of one bootstrap resample of whole groups (episodes): draw groups with replacement."""
+    _, inverse = np.unique(np.asarray(group), return_inverse=True)  # (N,) group index of each row
+    order = np.argsort(inverse, kind="stable")  # rows grouped
+    sizes = np.bincount(inverse)  # (G,)
+    starts = np.r_[0, np.cumsum(sizes)[:-1]]  # (G,)
+    drawn = rng.integers(0, len(sizes), size=len(sizes))  # (G,) drawn groups
+    lengths = sizes[drawn]
+    offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # position in group
+    return order[np.repeat(starts[drawn], lengths) + offsets]
+
+
+def refit_on_resamples(fit: Callable[[np.ndarray, int], FittedQ], group: np.ndarray, count: int,
+                       seed: int = 0) -> list[FittedQ]:
+    """`count` models, each `fit(rows, seed_k)` on a bootstrap resample of whole groups (episodes) of the rows.
+
+    Deterministic per (group, count, seed). Each refit also gets its own seed (its own SGD noise).
+    """
+    rng = np.random.default_rng([seed, 7])
+    return [fit(resample_groups(group, rng), seed + 1000 * (k + 1)) for k in range(count)]
 
 
 def _check_transitions(state, action, reward, next_state, not_terminal, next_target_probs, n, num_actions) -> None:

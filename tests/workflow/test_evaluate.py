@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from reagent_recsys.config import PipelineConfig, validate_config
-from workflow.evaluate import evaluate, load_served_policy, policy_probabilities, read_split
+from workflow.evaluate import (
+    evaluate,
+    fqe_transitions,
+    load_served_policy,
+    one_step_cpe,
+    policy_probabilities,
+    read_split,
+    sequential_cpe,
+)
 
 ONE_STEP = ["DM", "IPS", "SNIPS", "DR", "Switch-DR"]
 SEQUENTIAL = ["PDIS", "WPDIS", "FQE", "DR", "WDR", "MAGIC"]
@@ -112,7 +120,82 @@ def test_same_seed_same_report(run):
     config, _, report = run
     evaluate(config)
     again = json.loads((config.output_dir / "evaluation" / "report.json").read_text())
-    assert {**again, "seconds": 0} == {**report, "seconds": 0}
+    assert {**again, "seconds": 0, "cpe_seconds": 0} == {**report, "seconds": 0, "cpe_seconds": 0}
+
+
+@pytest.mark.slow
+def test_fqe_transitions_equal_the_table_next_state_when_n_is_one(run):
+    """With timeline.multi_steps = 1 the rebuilt 1-step transitions are exactly the table's own."""
+    config, _, report = run
+    assert config.timeline.multi_steps == 1
+    train = read_split(config.output_dir / "training_table" / "train")
+    target = np.random.default_rng(0).dirichlet(np.ones(train["possible_actions_mask"].shape[1]), len(train["action"]))
+    rebuilt = fqe_transitions(train, target)
+    live = train["not_terminal"].astype(bool)
+    np.testing.assert_array_equal(rebuilt["not_terminal"], live)
+    np.testing.assert_array_equal(rebuilt["next_state"][live], train["next_state"][live])
+    np.testing.assert_array_equal(rebuilt["reward"], train["n_step_reward"])
+    assert report["intervals"]["model_bootstrap_fits"] == 5
+    for section, names in (("one_step", ["DM", "DR", "Switch-DR"]), ("sequential", ["FQE", "DR", "WDR", "MAGIC"])):
+        for e in report[section]["estimates"]:
+            assert (e["model_fits"] == 5) == (e["name"] in names), e
+
+
+def synthetic_config(tmp_path: Path, **evaluation) -> PipelineConfig:
+    config = tiny_config(tmp_path)
+    return config.model_copy(update={"evaluation": config.evaluation.model_copy(update=evaluation)})
+
+
+def test_model_refits_make_the_dm_interval_cover_the_truth(tmp_path):
+    """Small noisy train split, large eval split: the fixed-model DM interval is far too narrow; refits fix it."""
+
+    def f(x: np.ndarray, a: np.ndarray) -> np.ndarray:  # E[r | x, a]
+        return 1.0 + np.where(a == 0, x[:, 0], 0.0) + np.where(a == 2, 0.5 * x[:, 1], 0.0)
+
+    settings = {"fqe_batch_size": 32, "fqe_learning_rate": 1e-2, "reward_model_epochs": 30,
+                "fqe_hidden_sizes": [16], "bootstrap_samples": 100}
+    fixed, refit = (synthetic_config(tmp_path, model_bootstrap_fits=k, **settings) for k in (0, 5))
+    covered = {0: 0, 5: 0}
+    for rep in range(10):
+        rng = np.random.default_rng(rep)
+
+        def split(n: int, rng: np.random.Generator = rng) -> dict[str, np.ndarray]:
+            x, a = rng.uniform(-1, 1, (n, 2)).astype(np.float32), rng.integers(0, 3, n)
+            return {"state": x, "action": a, "reward": f(x, a) + rng.normal(0, 2, n), "mdp_key": np.arange(n),
+                    "action_probability": np.full(n, 1 / 3), "possible_actions_mask": np.ones((n, 3), bool)}
+
+        train, evaluation = split(150), split(3000)
+        target = np.eye(3)[np.full(3000, 2)]  # always action 2: DM, DR ~ the model's value
+        truth = f(evaluation["state"], np.full(3000, 2)).mean()
+        for k, config in ((0, fixed), (5, refit)):
+            dm = one_step_cpe(config, train, evaluation, target)[0]
+            assert dm.name == "DM" and dm.model_fits == k
+            covered[k] += dm.lower <= truth <= dm.upper
+    assert covered[0] <= 2 and covered[5] >= 8, covered
+
+
+def test_fqe_learns_from_one_step_transitions_when_the_table_is_n_step(tmp_path):
+    """The train split's next_state is 5 steps ahead (multi_steps = 5): FQE must still value the target."""
+    horizon, episodes = 5, 200
+    rng = np.random.default_rng(0)
+    n = horizon * episodes
+    step = np.tile(np.arange(horizon), episodes)
+    action = rng.integers(0, 2, n)
+    order = rng.permutation(n)  # rows in any order
+    train = {"mdp_key": np.repeat(np.arange(episodes), horizon)[order], "sequence_number": step[order],
+             "state": step[order, None].astype(np.float32), "action": action[order],
+             "reward": (action == 1).astype(np.float64)[order],
+             "next_state": np.zeros((n, 1), np.float32), "not_terminal": np.zeros(n, bool)}  # the n-step view
+    evaluation = {**{k: train[k] for k in ("mdp_key", "sequence_number", "state", "action", "reward")},
+                  "action_probability": np.full(n, 0.5), "possible_actions_mask": np.ones((n, 2), bool)}
+    target = np.tile([0.0, 1.0], (n, 1))  # always action 1 (reward 1 per step): true value = horizon
+    config = synthetic_config(tmp_path, fqe_iterations=8, fqe_epochs=4, fqe_hidden_sizes=[16],
+                              fqe_learning_rate=1e-2, fqe_batch_size=128, model_bootstrap_fits=2,
+                              bootstrap_samples=40)
+    estimates = {e.name: e for e in sequential_cpe(config, train, evaluation, target, target)}
+    assert estimates["FQE"].value == pytest.approx(horizon, abs=0.3)
+    assert estimates["FQE"].model_fits == 2
+    assert estimates["FQE"].lower <= estimates["FQE"].value <= estimates["FQE"].upper
 
 
 def test_missing_export_is_a_clear_error(tmp_path):
