@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from reagent_recsys.config import PipelineConfig
-from reagent_recsys.data.loaders import read_table_metadata, table_to_chunk
+from reagent_recsys.data.loaders import read_split_arrays, read_table_metadata
 from reagent_recsys.envs.lts import LTSParams
 from reagent_recsys.evaluation import (
     BanditData,
@@ -83,12 +82,9 @@ def read_split(path: Path) -> Split:
     """One split of the training table as flat numpy arrays (checked); rewards and propensities in float64."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: no training table split; run workflow.training_table first")
-    table = pq.read_table(path)
-    if table.num_rows == 0:
+    split = read_split_arrays(path)
+    if len(split["action"]) == 0:
         raise ValueError(f"{path}: the split is empty; nothing to evaluate (check timeline.eval_fraction)")
-    split = {name: np.array(values) for name, values in table_to_chunk(table, where=str(path)).items()}  # writable
-    for name in ("reward", "n_step_reward", "action_probability"):
-        split[name] = table.column(name).to_numpy().astype(np.float64)
     return split
 
 

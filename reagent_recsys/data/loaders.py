@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import torch
 
 from reagent_recsys.schema import MANIFEST_FILE, TRAINING, SchemaError
@@ -126,6 +127,16 @@ def table_to_chunk(table: pa.Table, where: str = "training table") -> Chunk:
         chunk[name] = values.astype(_DTYPES[name], copy=False)
     _check_chunk(chunk, where)
     return chunk
+
+
+def read_split_arrays(path: str | Path) -> Chunk:
+    """A whole training-table split as writable numpy arrays (checked like every batch), with reward,
+    n_step_reward and action_probability in float64 (batches carry them as float32): what evaluation reads."""
+    table = pq.read_table(path)
+    split = {name: np.array(values) for name, values in table_to_chunk(table, where=str(path)).items()}
+    for name in ("reward", "n_step_reward", "action_probability"):
+        split[name] = table.column(name).to_numpy().astype(np.float64)
+    return split
 
 
 def _take(chunk: Chunk, index: np.ndarray | slice) -> Chunk:

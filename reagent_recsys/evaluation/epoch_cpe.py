@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from reagent_recsys.data.loaders import table_to_chunk
+from reagent_recsys.data.loaders import read_split_arrays
 from reagent_recsys.evaluation.bootstrap import BootstrapSpec, Estimate
 from reagent_recsys.evaluation.one_step import (
     BanditData,
@@ -54,13 +53,9 @@ class EvalSplit:
     @classmethod
     def read(cls, path: str | Path) -> EvalSplit:
         """Read a training-table split (checked by the loaders' rules)."""
-        path = Path(path)
-        table = pq.read_table(path)
-        chunk = table_to_chunk(table, where=str(path))
-        return cls(np.array(chunk["state"]), np.array(chunk["state_presence"]), chunk["action"],  # writable
-                   table.column("action_probability").to_numpy().astype(np.float64),
-                   table.column("reward").to_numpy().astype(np.float64), chunk["possible_actions_mask"],
-                   chunk["mdp_key"], chunk["sequence_number"])
+        s = read_split_arrays(path)
+        return cls(s["state"], s["state_presence"], s["action"], s["action_probability"], s["reward"],
+                   s["possible_actions_mask"], s["mdp_key"], s["sequence_number"])
 
     def __len__(self) -> int:
         return len(self.action)
