@@ -8,7 +8,6 @@ rows through the same seeded shuffle buffer and batcher. pyspark is never import
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 import warnings
@@ -23,6 +22,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import torch
 
+from reagent_recsys.artifacts import read_manifest
 from reagent_recsys.schema import MANIFEST_FILE, TRAINING, SchemaError
 
 LIST_COLUMNS = ("state", "state_presence", "next_state", "next_state_presence",
@@ -77,12 +77,12 @@ Chunk = dict[str, np.ndarray]
 def read_table_metadata(table_dir: str | Path) -> dict:
     """The training table's manifest (`feature_ids`, `action_names`, ...): in the split directory or its parent."""
     table_dir = Path(table_dir)
-    for candidate in (table_dir / MANIFEST_FILE, table_dir.parent / MANIFEST_FILE):
-        if candidate.exists():
-            manifest = json.loads(candidate.read_text())
+    for candidate in (table_dir, table_dir.parent):
+        if (candidate / MANIFEST_FILE).exists():
+            manifest = read_manifest(candidate)
             missing = [k for k in ("feature_ids", "action_names") if k not in manifest]
             if missing:
-                raise DataError(f"{candidate}: manifest lacks {missing}")
+                raise DataError(f"{candidate / MANIFEST_FILE}: manifest lacks {missing}")
             return manifest
     raise FileNotFoundError(f"{table_dir}: no {MANIFEST_FILE} here or in the parent; run workflow.training_table")
 

@@ -323,7 +323,9 @@ def rollout(
     batch_size: int = 4096,
 ) -> np.ndarray:
     """Run `act(state (B,F), doc_features) -> actions (B,) or slates (B,S)` for num_episodes; return the
-    (num_episodes,) undiscounted returns. Used for ground truth by the evaluation stage."""
+    (num_episodes,) undiscounted returns: the simulator's own quick check for stateless policies (the
+    evaluation stage uses reagent_recsys.evaluation.ground_truth.simulate, which also serves recsim envs and
+    policies with per-episode state)."""
     if num_episodes < 1 or batch_size < 1:
         raise ValueError(f"num_episodes and batch_size must be >= 1, got {num_episodes}, {batch_size}")
     returns = []
