@@ -34,9 +34,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from reagent_recsys.config import validate_config  # noqa: E402
+from reagent_recsys.envs.recsim_adapter import make_env  # noqa: E402
 from reagent_recsys.mdp_writer import batch_to_arrow, write_part  # noqa: E402
 from reagent_recsys.policies import build_policy  # noqa: E402
-from workflow.offline_gym import make_env, offline_gym, run_batch  # noqa: E402
+from workflow.offline_gym import offline_gym, run_batch  # noqa: E402
 
 pa.set_cpu_count(1)
 pa.set_io_thread_count(1)
@@ -89,7 +90,7 @@ def breakdown(batch_size: int, repeats: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as out:
         for i in range(repeats):
             rng = np.random.default_rng(i)
-            env = make_env(cfg, batch_size, rng)
+            env = make_env(cfg.env, batch_size, rng)
             state = env.reset()
             policy = build_policy(cfg.logging.policy)
             t0 = time.process_time()

@@ -27,6 +27,7 @@ import torch
 from reagent_recsys.config import PipelineConfig
 from reagent_recsys.data.loaders import read_split_arrays, read_table_metadata
 from reagent_recsys.envs.lts import LTSParams
+from reagent_recsys.envs.recsim_adapter import slate_size_of
 from reagent_recsys.evaluation import (
     BanditData,
     BootstrapSpec,
@@ -52,7 +53,6 @@ from reagent_recsys.evaluation.ground_truth import (
     logging_probabilities,
     one_step_truth,
     simulate,
-    slate_size_of,
 )
 from reagent_recsys.evaluation.magic import magic_blend
 from reagent_recsys.evaluation.one_step import dm_terms, dr_terms, switch_dr_terms

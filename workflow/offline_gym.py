@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from reagent_recsys.artifacts import atomic_directory, package_versions, write_json_atomic
 from reagent_recsys.config import PipelineConfig
+from reagent_recsys.envs.recsim_adapter import make_env, slate_size_of
 from reagent_recsys.mdp_writer import (
     EpisodeBatch,
     batch_to_arrow,
@@ -39,20 +40,6 @@ METRIC_DESCRIPTIONS = {
 }
 
 
-def make_env(config: PipelineConfig, num_users: int, rng: np.random.Generator):
-    """The simulator of `config.env` for `num_users` users (recsim is imported only when asked for)."""
-    if config.env.type == "lts":
-        from reagent_recsys.envs.lts import LTSParams, VectorLTS
-
-        return VectorLTS(LTSParams.from_config(config.env), num_users, rng)
-    from reagent_recsys.envs.recsim_adapter import make_env as make_recsim_env
-
-    return make_recsim_env(config.env, num_users, rng)
-
-
-def slate_size_of(env: Any) -> int:
-    params = getattr(env, "params", None)
-    return int(getattr(params, "slate_size", None) or getattr(env, "slate_size", 1))
 
 
 def run_batch(env: Any, policy: LoggingPolicy, rng: np.random.Generator, first_episode: int,
@@ -112,7 +99,7 @@ def _start_batch(config: PipelineConfig, index: int, rng: np.random.Generator) -
     """(env, initial state (B, F), policy rng) of batch `index`; its env and policy draw from children of `rng`."""
     env_rng, policy_rng = rng.spawn(2)
     first = index * config.logging.batch_size
-    env = make_env(config, min(config.logging.batch_size, config.logging.num_episodes - first), env_rng)
+    env = make_env(config.env, min(config.logging.batch_size, config.logging.num_episodes - first), env_rng)
     return env, env.reset(), policy_rng
 
 

@@ -413,3 +413,9 @@ def make_env(env_config: EnvConfig, num_users: int, rng: np.random.Generator) ->
     if env_config.type == "recsim":
         return RecsimVectorEnv(env_config, num_users, rng)
     raise ConfigError(f"env.type: unknown simulator {env_config.type!r} (allowed: lts, recsim)")
+
+
+def slate_size_of(env: VectorLTS | RecsimVectorEnv) -> int:
+    """Items per slate of a VectorLTS (params.slate_size) or recsim adapter (slate_size) env."""
+    params = getattr(env, "params", None)
+    return int(getattr(params, "slate_size", None) or getattr(env, "slate_size", 1))

@@ -21,6 +21,7 @@ import torch
 
 from reagent_recsys.config import EnvConfig, PipelineConfig
 from reagent_recsys.envs.lts import DOC_ID_BASE, SATISFACTION_ID, FeatureSpec, LTSParams
+from reagent_recsys.envs.recsim_adapter import make_env, slate_size_of
 from reagent_recsys.policies.logging import (
     GreedyPolicy,
     LoggingPolicy,
@@ -123,15 +124,7 @@ class ServedPolicyActor(Actor):
 # ------------------------------------------------------------------------------------- simulation
 def env_factory(env: EnvConfig) -> EnvFactory:
     """(num_users, rng) -> a simulator of `env` (recsim is imported only for env.type recsim)."""
-    from reagent_recsys.envs.recsim_adapter import make_env
-
     return lambda num_users, rng: make_env(env, num_users, rng)
-
-
-def slate_size_of(env: Any) -> int:
-    """Items per slate of a VectorLTS (params.slate_size) or recsim adapter (slate_size) env."""
-    params = getattr(env, "params", None)
-    return int(getattr(params, "slate_size", None) or getattr(env, "slate_size", 1))
 
 
 def simulate(make: EnvFactory, actor: Actor, num_episodes: int, seed: int, batch_size: int = 4096,
