@@ -38,7 +38,7 @@ from reagent_recsys.evaluation.ground_truth import (  # noqa: E402
 )
 from reagent_recsys.policies.logging import build_policy  # noqa: E402
 from workflow.end_to_end import LEDGER_FILE, end_to_end  # noqa: E402
-from workflow.evaluate import read_split, sequential_cpe  # noqa: E402
+from workflow.evaluate import add_model_state, read_split, sequential_cpe, state_layout  # noqa: E402
 
 CONFIGS = ("sweet_bitter", "sweet_bitter_latent", "sweet_bitter_bandit")
 BASELINES = {
@@ -57,6 +57,9 @@ def baseline_estimates(config: PipelineConfig) -> dict[str, dict[str, dict[str, 
     table_ids = [int(f) for f in manifest["feature_ids"]]
     train, evaluation = read_split(table_dir / "train"), read_split(table_dir / "eval")
     probe = env_factory(config.env)(1, np.random.default_rng(0))
+    layout = state_layout(table_ids, list(probe.features), [str(a) for a in manifest["action_names"]],
+                          int(probe.num_actions))
+    train, evaluation = (add_model_state(s, layout, config.evaluation.history_decays) for s in (train, evaluation))
     columns = document_columns(table_ids, probe.features, int(probe.num_actions))
     if columns is None:
         raise ValueError(f"{table_dir}: the candidates' clickbait is not in the state; cannot evaluate baselines")

@@ -310,6 +310,12 @@ class EvaluationConfig(StrictModel):
     fqe_learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate of FQE and the reward model.")
     fqe_batch_size: int = Field(512, gt=0, description="Transitions per FQE gradient step.")
     reward_model_epochs: int = Field(20, gt=0, description="Passes over the data fitting the one-step reward model.")
+    history_decays: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: [0.5, 0.8, 0.9, 0.95, 1.0],
+        description="FQE and the reward model also see, per decay d, sum_{k<t} d^(t-1-k) x_k of the episode's "
+        "earlier steps (x: context features and the chosen candidate's features): the history a latent user "
+        "state depends on. [] = the logged state only."
+    )
     model_bootstrap_fits: int = Field(
         5, ge=0, description="K refits of FQE and the reward model on bootstrap resamples of the train episodes; "
         "the spread of the model-based estimates over them widens their intervals (0: model held fixed)."

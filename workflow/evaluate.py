@@ -6,7 +6,8 @@
    WPDIS, FQE, DR, WDR, MAGIC; FQE fit on the train split) with ``evaluation.gamma``. FQE always learns from
    1-step transitions rebuilt from the table's rows (its next_state is n steps ahead when
    ``timeline.multi_steps > 1``, which would value the logging policy). Intervals of the model-based estimators
-   include the model's fitting error: see ``INTERVAL_METHOD``.
+   include the model's fitting error: see ``INTERVAL_METHOD``. Both models see the state plus episode-history
+   features (``evaluation.history_decays``, `add_model_state`): without them a latent user state cannot be valued.
 3. Ground truth: the served policy, the logging policy, random, always-sweetest and always-bitterest run in the
    simulator (same users for all: common random numbers); the exact one-step value on the logged contexts when
    the satisfaction is observed.
@@ -54,6 +55,7 @@ from reagent_recsys.evaluation.ground_truth import (
     one_step_truth,
     simulate,
 )
+from reagent_recsys.evaluation.history import StateLayout, history_features
 from reagent_recsys.evaluation.magic import magic_blend
 from reagent_recsys.evaluation.one_step import dm_terms, dr_terms, switch_dr_terms
 from reagent_recsys.evaluation.report import with_truth, write_report
@@ -62,6 +64,7 @@ from reagent_recsys.export import METADATA_FILE, ExportedPolicy
 from reagent_recsys.policies.logging import build_policy
 
 Split = dict[str, np.ndarray]
+MODEL_STATE = "model_state"  # (N, F + H) the state and its episode-history features (`add_model_state`)
 RELATIVE = {
     "one_step": "estimate / mean logged one-step reward of the eval split (1.0 = as good as the logging policy)",
     "sequential": "estimate / mean logged discounted (gamma) episode return of the eval split "
@@ -86,6 +89,29 @@ def read_split(path: Path) -> Split:
     if len(split["action"]) == 0:
         raise ValueError(f"{path}: the split is empty; nothing to evaluate (check timeline.eval_fraction)")
     return split
+
+
+def state_layout(table_ids: list[int], env_features: list[Any], action_names: list[str],
+                 num_candidates: int) -> StateLayout:
+    """Which table columns are context features and which hold each action's candidate features (by the env's
+    feature descriptions); actions without features (or unlogged ones) leave only the context."""
+    doc_columns = document_columns(table_ids, env_features, num_candidates)
+    slots = action_slots(action_names, num_candidates)
+    if doc_columns is None or (slots < 0).any():
+        return StateLayout.from_candidates(len(table_ids), None)
+    return StateLayout.from_candidates(len(table_ids), np.stack([cols[slots] for cols in doc_columns.values()]))
+
+
+def add_model_state(split: Split, layout: StateLayout, decays: list[float]) -> Split:
+    """The split with MODEL_STATE: what FQE and the reward model see, the state and its history features."""
+    steps = layout.step_inputs(split["state"], split["action"], split["possible_actions_mask"].shape[1])
+    history = history_features(split["mdp_key"], split["sequence_number"], steps, decays)
+    return {**split, MODEL_STATE: np.concatenate([split["state"].astype(np.float32), history], axis=1)}
+
+
+def model_state(split: Split) -> np.ndarray:
+    """What FQE and the reward model see: MODEL_STATE when `add_model_state` made it, else the logged state."""
+    return split[MODEL_STATE] if MODEL_STATE in split else split["state"]
 
 
 def load_served_policy(export_dir: Path) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
@@ -137,12 +163,13 @@ def one_step_cpe(config: PipelineConfig, train: Split, evaluation: Split, target
                 "batch_size": cfg.fqe_batch_size}
 
     def fit(rows: np.ndarray, seed: int, epochs: int, init: FittedQ | None = None) -> FittedQ:
-        return fit_reward_model(train["state"][rows], train["action"][rows], train["reward"][rows], num_actions,
+        return fit_reward_model(model_state(train)[rows], train["action"][rows], train["reward"][rows],
+                                num_actions,
                                 epochs=epochs, seed=seed, init=init, **settings)
 
     def bandit(model: FittedQ) -> BanditData:
         return BanditData(evaluation["action"], evaluation["action_probability"], evaluation["reward"], target,
-                          reward_predictions=model.q_values(evaluation["state"]),
+                          reward_predictions=model.q_values(model_state(evaluation)),
                           possible_action_mask=evaluation["possible_actions_mask"])
 
     clock = time.perf_counter()
@@ -168,13 +195,13 @@ def one_step_cpe(config: PipelineConfig, train: Split, evaluation: Split, target
 def fqe_transitions(train: Split, train_target: np.ndarray) -> dict[str, np.ndarray]:
     """1-step FQE transitions rebuilt from the train split's rows (every logged step, any order).
 
-    s' is the state of the episode's next row, r the one-step `reward`, pi(.|s') the target on that row (so
-    restricted to its possible actions); the episode's last row is terminal. Unlike the table's n-step
-    next_state, whose target would follow the logged actions for n - 1 steps.
+    s' is the model state (`model_state`) of the episode's next row, r the one-step `reward`, pi(.|s') the
+    target on that row (so restricted to its possible actions); the episode's last row is terminal. Unlike the
+    table's n-step next_state, whose target would follow the logged actions for n - 1 steps.
     """
     nxt, live = next_step_index(train["mdp_key"], train["sequence_number"])
-    return {"state": train["state"], "action": train["action"], "reward": train["reward"],
-            "next_state": train["state"][nxt], "not_terminal": live, "next_target_probs": train_target[nxt]}
+    return {"state": model_state(train), "action": train["action"], "reward": train["reward"],
+            "next_state": model_state(train)[nxt], "not_terminal": live, "next_target_probs": train_target[nxt]}
 
 
 def model_based_values(data: EpisodeData, num_j_steps: int, seed: int) -> dict[str, float]:
@@ -213,14 +240,15 @@ def sequential_cpe(config: PipelineConfig, train: Split, evaluation: Split, targ
     clock = time.perf_counter()
     fqe = fit(np.arange(len(train["action"])), config.seed, cfg.fqe_iterations)
     main_seconds = time.perf_counter() - clock
-    estimates = evaluate_sequential(episodes(fqe.q_values(evaluation["state"])), spec, cfg.magic_num_j_steps)
+    estimates = evaluate_sequential(episodes(fqe.q_values(model_state(evaluation))), spec, cfg.magic_num_j_steps)
     clock = time.perf_counter()
     refit_iterations = max(1, round(cfg.fqe_iterations * cfg.model_refit_fraction))
     refits = refit_on_resamples(lambda rows, seed: fit(rows, seed, refit_iterations, fqe), train["mdp_key"],
                                 cfg.model_bootstrap_fits, config.seed)
     values: dict[str, list[float]] = {}
     for refit in refits:
-        point = model_based_values(episodes(refit.q_values(evaluation["state"])), cfg.magic_num_j_steps, spec.seed)
+        point = model_based_values(episodes(refit.q_values(model_state(evaluation))), cfg.magic_num_j_steps,
+                                   spec.seed)
         for name, value in point.items():
             values.setdefault(name, []).append(value)
     if timings is not None:
@@ -282,6 +310,11 @@ def evaluate(config: PipelineConfig) -> dict[str, Any]:
         raise ValueError(f"{table_dir}: action_names {manifest['action_names'][:10]} differ from the exported "
                          f"policy's {action_names[:10]}; rerun workflow.train and workflow.export")
     train, evaluation = read_split(table_dir / "train"), read_split(table_dir / "eval")
+    make = env_factory(config.env)
+    probe = make(1, np.random.default_rng(0))
+    env_features, num_candidates = list(probe.features), int(probe.num_actions)
+    layout = state_layout(table_ids, env_features, action_names, num_candidates)
+    train, evaluation = (add_model_state(split, layout, cfg.history_decays) for split in (train, evaluation))
 
     # 1-2. target probabilities in the served mode, then CPE.
     target = policy_probabilities(policy, *align(evaluation, "", table_ids, policy_ids),
@@ -294,9 +327,6 @@ def evaluate(config: PipelineConfig) -> dict[str, Any]:
     timings["cpe_total"] = time.perf_counter() - cpe_started
 
     # 3-4. ground truth in the simulator, and the training curve.
-    make = env_factory(config.env)
-    probe = make(1, np.random.default_rng(0))
-    env_features, num_candidates = list(probe.features), int(probe.num_actions)
     batch = cfg.simulation_batch_size
     served = ServedPolicyActor(policy, policy_ids, action_names, env_features, num_candidates, greedy)
     actors = {"policy": served, **baseline_actors(config, list(probe.doc_features), slate_size_of(probe))}
@@ -321,6 +351,11 @@ def evaluate(config: PipelineConfig) -> dict[str, Any]:
                       "bootstrap_samples": cfg.bootstrap_samples, "model_bootstrap_fits": cfg.model_bootstrap_fits,
                       "model_refit_fraction": cfg.model_refit_fraction},
         "fqe_transitions": "1-step, rebuilt from consecutive rows of each train episode (reward = one-step reward)",
+        "model_inputs": {"history_decays": list(cfg.history_decays), "history_features":
+                         int(model_state(train).shape[1] - train["state"].shape[1]),
+                         "note": "FQE and the reward model see the state plus, per decay d, sum_{k<t} d^(t-1-k) "
+                                 "x_k over the episode's earlier steps (x: context features and the chosen "
+                                 "candidate's features); the evaluated policy sees only its own features"},
         "policy": {"path": str(out / "export" / "policy.pt"), "greedy": greedy,
                    "mode": "one-hot of the greedy action" if greedy else "softmax action_probabilities"},
         "eval_split": {"rows": int(len(evaluation["action"])),
