@@ -69,7 +69,7 @@ def baseline_estimates(config: PipelineConfig) -> dict[str, dict[str, dict[str, 
         policy = build_policy(policy_config, field=f"baseline {name}")
         target = logging_probabilities(policy, evaluation["state"], columns, slots)  # (N, A)
         train_target = logging_probabilities(policy, train["state"], columns, slots)  # (N, A) pi(.|s)
-        estimates = sequential_cpe(config, train, evaluation, target, train_target)
+        estimates = sequential_cpe(config, train, evaluation, target, train_target, layout=layout)
         found[name] = {e.name: e.to_dict() for e in estimates if e.name in ESTIMATORS}
     return found
 

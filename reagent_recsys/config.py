@@ -307,6 +307,11 @@ class EvaluationConfig(StrictModel):
     fqe_hidden_sizes: list[int] = Field(
         default_factory=lambda: [64, 64], description="Hidden layer sizes of the FQE and reward-model MLPs."
     )
+    fqe_model: Literal["auto", "per_action", "per_candidate"] = Field(
+        "auto", description="Shape of the FQE and reward-model networks: per_action (state -> one Q per action) "
+        "or per_candidate (one network (context, candidate features) -> Q shared by all actions, as in a "
+        "parametric DQN); auto: per_candidate when every action's candidate features are in the state."
+    )
     fqe_learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate of FQE and the reward model.")
     fqe_batch_size: int = Field(512, gt=0, description="Transitions per FQE gradient step.")
     reward_model_epochs: int = Field(20, gt=0, description="Passes over the data fitting the one-step reward model.")

@@ -109,6 +109,18 @@ def add_model_state(split: Split, layout: StateLayout, decays: list[float]) -> S
     return {**split, MODEL_STATE: np.concatenate([split["state"].astype(np.float32), history], axis=1)}
 
 
+def network_layout(config: PipelineConfig, layout: StateLayout | None, width: int) -> StateLayout | None:
+    """The FQE / reward-model network's layout over the `width` model-state columns (``evaluation.fqe_model``):
+    per candidate when the table's `layout` has candidate features (history columns count as context)."""
+    has_candidates = layout is not None and layout.candidate_columns is not None
+    if config.evaluation.fqe_model == "per_candidate" and not has_candidates:
+        raise ValueError("evaluation.fqe_model: per_candidate needs every action's candidate features in the state "
+                         "(the env's document features, logged for every slot); use auto or per_action")
+    if config.evaluation.fqe_model == "per_action" or not has_candidates:
+        return None
+    return StateLayout.from_candidates(width, layout.candidate_columns)
+
+
 def model_state(split: Split) -> np.ndarray:
     """What FQE and the reward model see: MODEL_STATE when `add_model_state` made it, else the logged state."""
     return split[MODEL_STATE] if MODEL_STATE in split else split["state"]
@@ -151,7 +163,7 @@ def policy_probabilities(policy: Any, state: np.ndarray, presence: np.ndarray, m
 
 # --------------------------------------------------------------------------------------------- CPE
 def one_step_cpe(config: PipelineConfig, train: Split, evaluation: Split, target: np.ndarray,
-                 timings: dict[str, float] | None = None) -> list[Estimate]:
+                 timings: dict[str, float] | None = None, layout: StateLayout | None = None) -> list[Estimate]:
     """DM, IPS, SNIPS, DR, Switch-DR on the eval split; the reward model is fit on the train split.
 
     DM, DR and Switch-DR intervals include the reward model's error (``INTERVAL_METHOD``); `timings` receives
@@ -160,7 +172,8 @@ def one_step_cpe(config: PipelineConfig, train: Split, evaluation: Split, target
     cfg = config.evaluation
     num_actions = target.shape[1]
     settings = {"hidden_sizes": tuple(cfg.fqe_hidden_sizes), "learning_rate": cfg.fqe_learning_rate,
-                "batch_size": cfg.fqe_batch_size}
+                "batch_size": cfg.fqe_batch_size,
+                "layout": network_layout(config, layout, model_state(train).shape[1])}
 
     def fit(rows: np.ndarray, seed: int, epochs: int, init: FittedQ | None = None) -> FittedQ:
         return fit_reward_model(model_state(train)[rows], train["action"][rows], train["reward"][rows],
@@ -213,7 +226,8 @@ def model_based_values(data: EpisodeData, num_j_steps: int, seed: int) -> dict[s
 
 
 def sequential_cpe(config: PipelineConfig, train: Split, evaluation: Split, target: np.ndarray,
-                   train_target: np.ndarray | None, timings: dict[str, float] | None = None) -> list[Estimate]:
+                   train_target: np.ndarray | None, timings: dict[str, float] | None = None,
+                   layout: StateLayout | None = None) -> list[Estimate]:
     """PDIS, WPDIS and (with `train_target`, pi(.|s) on the train split) FQE, DR, WDR, MAGIC.
 
     FQE learns from 1-step transitions (`fqe_transitions`); FQE, DR, WDR and MAGIC intervals include its error
@@ -231,11 +245,13 @@ def sequential_cpe(config: PipelineConfig, train: Split, evaluation: Split, targ
     if train_target is None:
         return evaluate_sequential(episodes(None), spec, cfg.magic_num_j_steps)
     transitions = fqe_transitions(train, train_target)
+    net_layout = network_layout(config, layout, transitions["state"].shape[1])
 
     def fit(rows: np.ndarray, seed: int, iterations: int, init: FittedQ | None = None) -> FittedQ:
         arrays = [transitions[k][rows] for k in ("state", "action", "reward", "next_state", "not_terminal",
                                                    "next_target_probs")]
-        return fit_fqe(*arrays, cfg.gamma, **{**fqe_settings(cfg, seed), "iterations": iterations}, init=init)
+        return fit_fqe(*arrays, cfg.gamma, **{**fqe_settings(cfg, seed), "iterations": iterations}, init=init,
+                       layout=net_layout)
 
     clock = time.perf_counter()
     fqe = fit(np.arange(len(train["action"])), config.seed, cfg.fqe_iterations)
@@ -322,8 +338,8 @@ def evaluate(config: PipelineConfig) -> dict[str, Any]:
     train_target = policy_probabilities(policy, *align(train, "", table_ids, policy_ids),
                                         train["possible_actions_mask"], greedy)
     cpe_started, timings = time.perf_counter(), {}
-    one_step = one_step_cpe(config, train, evaluation, target, timings)
-    sequential = sequential_cpe(config, train, evaluation, target, train_target, timings)
+    one_step = one_step_cpe(config, train, evaluation, target, timings, layout)
+    sequential = sequential_cpe(config, train, evaluation, target, train_target, timings, layout)
     timings["cpe_total"] = time.perf_counter() - cpe_started
 
     # 3-4. ground truth in the simulator, and the training curve.
@@ -351,7 +367,8 @@ def evaluate(config: PipelineConfig) -> dict[str, Any]:
                       "bootstrap_samples": cfg.bootstrap_samples, "model_bootstrap_fits": cfg.model_bootstrap_fits,
                       "model_refit_fraction": cfg.model_refit_fraction},
         "fqe_transitions": "1-step, rebuilt from consecutive rows of each train episode (reward = one-step reward)",
-        "model_inputs": {"history_decays": list(cfg.history_decays), "history_features":
+        "model_inputs": {"network": "per_candidate" if network_layout(config, layout, 1) else "per_action",
+                         "history_decays": list(cfg.history_decays), "history_features":
                          int(model_state(train).shape[1] - train["state"].shape[1]),
                          "note": "FQE and the reward model see the state plus, per decay d, sum_{k<t} d^(t-1-k) "
                                  "x_k over the episode's earlier steps (x: context features and the chosen "

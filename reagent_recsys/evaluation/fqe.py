@@ -25,28 +25,55 @@ import torch
 from torch import nn
 
 from reagent_recsys.evaluation.bootstrap import EvaluationDataError, check_rows
+from reagent_recsys.evaluation.history import StateLayout
 
 
 class QNetwork(nn.Module):
-    """MLP state -> Q(s, .) with its input standardization and reward scale baked in (so it is self-contained)."""
+    """MLP state -> Q(s, .) with its input standardization and reward scale baked in (so it is self-contained).
+
+    Two shapes. Per action (``layout`` None or without candidate features): one MLP state -> A outputs.
+    Per candidate (``layout.candidate_columns``, the state columns of each action's candidate features): one MLP
+    (context, the action's candidate features) -> Q shared by every action, as in a parametric DQN; candidate
+    features are standardized with statistics pooled over the slots, so the same value means the same thing in
+    every slot. It learns how Q depends on a candidate from all A slots' data at once, which matters where the
+    target policy picks extreme candidates the uniform logger rarely took in any one slot.
+    """
 
     def __init__(self, state_mean: np.ndarray, state_std: np.ndarray, reward_scale: float,
-                 num_actions: int, hidden_sizes: Sequence[int]) -> None:
+                 num_actions: int, hidden_sizes: Sequence[int], layout: StateLayout | None = None) -> None:
         super().__init__()
         self.register_buffer("state_mean", torch.as_tensor(state_mean, dtype=torch.float32))
         self.register_buffer("state_std", torch.as_tensor(state_std, dtype=torch.float32))
         self.register_buffer("reward_scale", torch.tensor(float(reward_scale)))
+        self.per_candidate = layout is not None and layout.candidate_columns is not None
+        if self.per_candidate:
+            self.register_buffer("context_columns", torch.as_tensor(layout.context_columns))
+            self.register_buffer("candidate_columns", torch.as_tensor(layout.candidate_columns))  # (D, A)
         layers: list[nn.Module] = []
-        width = len(state_mean)
+        width = len(layout.context_columns) + len(layout.candidate_columns) if self.per_candidate else len(state_mean)
         for hidden in hidden_sizes:
             layers += [nn.Linear(width, hidden), nn.ReLU()]
             width = hidden
-        layers.append(nn.Linear(width, num_actions))
+        layers.append(nn.Linear(width, 1 if self.per_candidate else num_actions))
         self.mlp = nn.Sequential(*layers)
 
     def scaled(self, state: torch.Tensor) -> torch.Tensor:
         """(B, F) -> (B, A) Q in units of reward_scale (what is trained)."""
-        return self.mlp((state - self.state_mean) / self.state_std)
+        z = (state - self.state_mean) / self.state_std
+        if not self.per_candidate:
+            return self.mlp(z)
+        context = z[:, self.context_columns]  # (B, U)
+        candidates = z[:, self.candidate_columns].transpose(1, 2)  # (B, A, D)
+        inputs = torch.cat([context[:, None, :].expand(-1, candidates.shape[1], -1), candidates], dim=2)
+        return self.mlp(inputs)[..., 0]
+
+    def scaled_at(self, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """(B, F), (B,) -> (B,) Q(s, a) in units of reward_scale, evaluating only the given actions."""
+        if not self.per_candidate:
+            return self.scaled(state).gather(1, action[:, None])[:, 0]
+        z = (state - self.state_mean) / self.state_std
+        chosen = z.gather(1, self.candidate_columns[:, action].T)  # (B, D)
+        return self.mlp(torch.cat([z[:, self.context_columns], chosen], dim=1))[:, 0]
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         """(B, F) -> (B, A) Q in reward units."""
@@ -99,11 +126,13 @@ def fit_fqe(
     seed: int = 0,
     num_threads: int | None = 1,
     init: FittedQ | None = None,
+    layout: StateLayout | None = None,
 ) -> FittedQ:
     """Fit Q^pi by fitted Q evaluation on logged transitions; same seed, same model.
 
     init: warm start from this fitted model (its weights, input standardization and reward scale; then
-    `hidden_sizes` is ignored). Used for bootstrap refits, which then need fewer iterations.
+    `hidden_sizes` and `layout` are ignored). Used for bootstrap refits, which then need fewer iterations.
+    layout: with candidate columns, a per-candidate network (`QNetwork`); None: one output per action.
     num_threads: torch intra-op threads while fitting (restored after); these small MLPs run several times
     faster on 1 thread than on 2 busy cores. None keeps torch's setting.
     """
@@ -112,13 +141,13 @@ def fit_fqe(
         torch.set_num_threads(num_threads)
     try:
         return _fit_fqe(state, action, reward, next_state, not_terminal, next_target_probs, gamma, n_steps,
-                        iterations, epochs, hidden_sizes, learning_rate, batch_size, seed, init)
+                        iterations, epochs, hidden_sizes, learning_rate, batch_size, seed, init, layout)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _fit_fqe(state, action, reward, next_state, not_terminal, next_target_probs, gamma, n_steps,
-             iterations, epochs, hidden_sizes, learning_rate, batch_size, seed, init) -> FittedQ:
+             iterations, epochs, hidden_sizes, learning_rate, batch_size, seed, init, layout) -> FittedQ:
     state, next_state = np.asarray(state, np.float32), np.asarray(next_state, np.float32)
     action, reward = np.asarray(action, np.int64), np.asarray(reward, np.float64)
     not_terminal = np.asarray(not_terminal).astype(bool)
@@ -133,7 +162,10 @@ def _fit_fqe(state, action, reward, next_state, not_terminal, next_target_probs,
     next_state = np.where(not_terminal[:, None], next_state, 0.0).astype(np.float32)
     next_target_probs = np.where(not_terminal[:, None], next_target_probs, 0.0)
 
-    std = state.std(axis=0)
+    mean, std = state.mean(axis=0), state.std(axis=0)
+    if layout is not None and layout.candidate_columns is not None:  # pool each candidate feature over the slots
+        for columns in layout.candidate_columns:  # (A,) one candidate feature
+            mean[columns], std[columns] = state[:, columns].mean(), state[:, columns].std()
     reward_std = float(reward.std())
     reward_scale = reward_std if reward_std > 1e-8 else 1.0  # Q is trained in units of the reward's spread
     if init is not None:
@@ -142,8 +174,7 @@ def _fit_fqe(state, action, reward, next_state, not_terminal, next_target_probs,
     else:
         with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global torch RNG
             torch.manual_seed(seed)
-            net = QNetwork(state.mean(axis=0), np.where(std > 1e-6, std, 1.0), reward_scale, num_actions,
-                           hidden_sizes)
+            net = QNetwork(mean, np.where(std > 1e-6, std, 1.0), reward_scale, num_actions, hidden_sizes, layout)
     optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
     generator = torch.Generator().manual_seed(seed)
 
@@ -152,18 +183,23 @@ def _fit_fqe(state, action, reward, next_state, not_terminal, next_target_probs,
     r_scaled = torch.from_numpy(reward / reward_scale).float()  # (N,)
     disc = torch.from_numpy(discount).float()  # (N,)
     pi_next = torch.from_numpy(next_target_probs).float()  # (N, A)
+    # A deterministic target (terminal rows are all 0) needs Q(s', a') at its one action only.
+    deterministic = bool(((next_target_probs == 0) | (next_target_probs == 1)).all())
+    greedy_next = pi_next.argmax(dim=1)  # (N,)
     losses = []
     for _ in range(iterations):
         target_net = copy.deepcopy(net).eval()
         with torch.no_grad():
-            v_next = torch.cat([(target_net.scaled(s_next[i:i + 65536]) * pi_next[i:i + 65536]).sum(1)
-                                for i in range(0, n, 65536)])  # (N,)
+            v_next = torch.cat([
+                target_net.scaled_at(s_next[rows], greedy_next[rows]) if deterministic
+                else (target_net.scaled(s_next[rows]) * pi_next[rows]).sum(1)
+                for rows in torch.arange(n).split(65536)])  # (N,) V(s') = sum_a' pi(a'|s') Q(s', a')
             td_target = r_scaled + disc * v_next  # (N,)
         net.train()
         total, steps = 0.0, 0
         for _ in range(epochs):
             for batch in torch.randperm(n, generator=generator).split(batch_size):
-                q_taken = net.scaled(s[batch]).gather(1, a[batch, None])[:, 0]  # (B,)
+                q_taken = net.scaled_at(s[batch], a[batch])  # (B,)
                 loss = nn.functional.mse_loss(q_taken, td_target[batch])
                 optimizer.zero_grad()
                 loss.backward()
@@ -186,6 +222,7 @@ def fit_reward_model(
     seed: int = 0,
     num_threads: int | None = 1,
     init: FittedQ | None = None,
+    layout: StateLayout | None = None,
 ) -> FittedQ:
     """q(x, a) = E[r | x, a] for DM/DR: FQE with gamma = 0 and a single iteration (`init`: warm start)."""
     state = np.asarray(state, np.float32)
@@ -193,7 +230,7 @@ def fit_reward_model(
     return fit_fqe(
         state, action, reward, state, np.zeros(n, bool), np.full((n, num_actions), 1.0 / num_actions), 0.0,
         iterations=1, epochs=epochs, hidden_sizes=hidden_sizes, learning_rate=learning_rate,
-        batch_size=batch_size, seed=seed, num_threads=num_threads, init=init,
+        batch_size=batch_size, seed=seed, num_threads=num_threads, init=init, layout=layout,
     )
 
 
