@@ -326,8 +326,10 @@ class EvaluationConfig(StrictModel):
         "the spread of the model-based estimates over them widens their intervals (0: model held fixed)."
     )
     model_refit_fraction: float = Field(
-        0.3, gt=0, le=1, description="Each refit is warm-started from the main fit and runs this fraction of "
-        "fqe_iterations (FQE) and reward_model_epochs (reward model), at least one."
+        0.3, gt=0, le=1, description="Below 1: each refit is warm-started from the main fit and runs this fraction "
+        "of fqe_iterations (FQE) and reward_model_epochs (reward model), at least one (cheap, but refits stay near "
+        "the main fit and understate its error). 1: each refit is a full fit from scratch with its own seed (an "
+        "independent ensemble member; K times the main fit's cost)."
     )
 
 

@@ -191,7 +191,8 @@ def one_step_cpe(config: PipelineConfig, train: Split, evaluation: Split, target
     estimates = evaluate_one_step(bandit(model), BootstrapSpec.from_config(cfg, config.seed), cfg.switch_tau)
     clock = time.perf_counter()
     refit_epochs = max(1, round(cfg.reward_model_epochs * cfg.model_refit_fraction))
-    refits = refit_on_resamples(lambda rows, seed: fit(rows, seed, refit_epochs, model), train["mdp_key"],
+    warm = model if cfg.model_refit_fraction < 1 else None
+    refits = refit_on_resamples(lambda rows, seed: fit(rows, seed, refit_epochs, warm), train["mdp_key"],
                                 cfg.model_bootstrap_fits, config.seed)
     values: dict[str, list[float]] = {"DM": [], "DR": [], "Switch-DR": []}
     for refit in refits:
@@ -259,7 +260,8 @@ def sequential_cpe(config: PipelineConfig, train: Split, evaluation: Split, targ
     estimates = evaluate_sequential(episodes(fqe.q_values(model_state(evaluation))), spec, cfg.magic_num_j_steps)
     clock = time.perf_counter()
     refit_iterations = max(1, round(cfg.fqe_iterations * cfg.model_refit_fraction))
-    refits = refit_on_resamples(lambda rows, seed: fit(rows, seed, refit_iterations, fqe), train["mdp_key"],
+    warm = fqe if cfg.model_refit_fraction < 1 else None
+    refits = refit_on_resamples(lambda rows, seed: fit(rows, seed, refit_iterations, warm), train["mdp_key"],
                                 cfg.model_bootstrap_fits, config.seed)
     values: dict[str, list[float]] = {}
     for refit in refits:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from statistics import NormalDist
 
 import numpy as np
+from scipy.stats import t as student_t
 
 # A weighted statistic: counts (B, N) -> one value per resample (B,).
 Statistic = Callable[[np.ndarray], np.ndarray]
@@ -132,30 +133,39 @@ def bootstrap_estimate(
 def widen_with_model_spread(estimate: Estimate, refit_values: Sequence[float], confidence: float) -> Estimate:
     """`estimate` with its interval widened by the spread of `refit_values` (the estimate under K model refits).
 
-    Each half-width h (value - lower, upper - value) becomes sqrt(h^2 + (1 + 1/K) (z s_b)^2), s_b the sample
-    std of the refit values (within + between variance); the relative interval likewise with s_b / baseline.
-    With fewer than 2 finite refit values the estimate is returned unchanged.
+    Rubin's rules, per side: the within variance W = (h / z)^2 from the bootstrap half-width h, the between
+    variance B = s_b^2 (sample variance of the refit values), total T = W + (1 + 1/K) B, and the half-width
+    becomes t_nu sqrt(T) with Student's t at nu = (K - 1) (1 + W / ((1 + 1/K) B))^2 degrees of freedom, so a
+    handful of refits widens honestly (nu -> K - 1 when the model spread dominates). The relative interval
+    likewise, in units of the baseline. With fewer than 2 finite refit values the estimate is returned unchanged.
     """
     values = np.asarray(refit_values, dtype=np.float64)
     values = values[np.isfinite(values)]
     if len(values) < 2:
         return estimate
-    spread = float(values.std(ddof=1))
-    extra = (1.0 + 1.0 / len(values)) * (NormalDist().inv_cdf((1.0 + confidence) / 2.0) * spread) ** 2
+    k, spread = len(values), float(values.std(ddof=1))
+    between = (1.0 + 1.0 / k) * spread ** 2
+    z = NormalDist().inv_cdf((1.0 + confidence) / 2.0)
+
+    def half_width(half: float) -> float:
+        within = (half / z) ** 2
+        if between == 0.0:
+            return half
+        dof = (k - 1) * (1.0 + within / between) ** 2
+        return float(student_t.ppf((1.0 + confidence) / 2.0, dof)) * math.sqrt(within + between)
 
     def widen(center: float | None, lower: float | None, upper: float | None, scale: float):
         if center is None or lower is None or upper is None:
             return lower, upper
-        low_half, high_half = max(center - lower, 0.0), max(upper - center, 0.0)
-        return (center - math.sqrt(low_half ** 2 + extra / scale ** 2),
-                center + math.sqrt(high_half ** 2 + extra / scale ** 2))
+        low_half, high_half = max(center - lower, 0.0) * scale, max(upper - center, 0.0) * scale
+        return center - half_width(low_half) / scale, center + half_width(high_half) / scale
 
     lower, upper = widen(estimate.value, estimate.lower, estimate.upper, 1.0)
     rel_lower, rel_upper = estimate.relative_lower, estimate.relative_upper
     if estimate.baseline != 0.0:
         rel_lower, rel_upper = widen(estimate.relative, rel_lower, rel_upper, abs(estimate.baseline))
     return replace(estimate, lower=lower, upper=upper, relative_lower=rel_lower, relative_upper=rel_upper,
-                   model_spread=spread, model_fits=len(values))
+                   model_spread=spread, model_fits=k)
 
 
 def _percentile_interval(draws: np.ndarray, confidence: float) -> tuple[float, float]:

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from reagent_recsys.evaluation import Estimate, EvaluationDataError, fit_fqe, fit_reward_model
 from reagent_recsys.evaluation.bootstrap import widen_with_model_spread
@@ -91,13 +92,21 @@ def estimate(value: float, lower: float, upper: float, baseline: float = 2.0) ->
     return Estimate("DR", value, lower, upper, value / baseline, lower / baseline, upper / baseline, 100, baseline)
 
 
+def rubin_half_width(half: float, refits: list[float]) -> float:
+    """Rubin's rules by hand: t quantile at nu = (K-1)(1 + W/((1+1/K)B))^2 times sqrt(W + (1+1/K)B)."""
+    k, within = len(refits), (half / 1.959964) ** 2
+    between = (1 + 1 / k) * np.var(refits, ddof=1)
+    return scipy.stats.t.ppf(0.975, (k - 1) * (1 + within / between) ** 2) * math.sqrt(within + between)
+
+
 def test_widening_adds_the_between_fit_variance_to_each_half_width():
     e = estimate(10.0, 9.0, 12.0)
     refits = [9.0, 10.0, 11.0, 12.0]  # std 1.29
     wide = widen_with_model_spread(e, refits, 0.95)
-    extra = (1 + 1 / 4) * (1.959964 * np.std(refits, ddof=1)) ** 2
-    assert wide.lower == pytest.approx(10 - math.sqrt(1 + extra), rel=1e-5)
-    assert wide.upper == pytest.approx(10 + math.sqrt(4 + extra), rel=1e-5)
+    assert wide.lower == pytest.approx(10 - rubin_half_width(1.0, refits), rel=1e-5)
+    assert wide.upper == pytest.approx(10 + rubin_half_width(2.0, refits), rel=1e-5)
+    # Few refits, model spread dominating: the t quantile is far above z = 1.96 (nu = 3.8: t = 2.9).
+    assert wide.lower < 10 - 2.8 * math.sqrt((1 / 1.96) ** 2 + 1.25 * np.var(refits, ddof=1))
     assert wide.relative_lower == pytest.approx(wide.lower / 2.0, rel=1e-9)
     assert wide.relative_upper == pytest.approx(wide.upper / 2.0, rel=1e-9)
     assert wide.value == e.value and wide.model_fits == 4 and wide.model_spread == pytest.approx(1.29099, rel=1e-4)
