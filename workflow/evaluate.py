@@ -40,7 +40,7 @@ from reagent_recsys.evaluation import (
     fit_reward_model,
     fqe_settings,
 )
-from reagent_recsys.evaluation.bootstrap import widen_with_model_spread
+from reagent_recsys.evaluation.bootstrap import combine_model_fits
 from reagent_recsys.evaluation.fqe import FittedQ, next_step_index, refit_on_resamples
 from reagent_recsys.evaluation.ground_truth import (
     GroundTruth,
@@ -71,12 +71,13 @@ RELATIVE = {
                   "(1.0 = as good as the logging policy)",
 }
 INTERVAL_METHOD = (
-    "percentile bootstrap over eval contexts/episodes (model held fixed); for the model-based estimators "
-    "(DM, DR, Switch-DR, FQE, sequential DR, WDR, MAGIC) each half-width is then widened by the model's fitting "
-    "error: the reward model / FQE is refit on K bootstrap resamples of the TRAIN episodes (warm-started from "
-    "the main fit), the estimator is re-evaluated with each refit, and half' = sqrt(half^2 + (1 + 1/K) "
-    "(z * s_b)^2) with s_b the std of the K refit estimates (total variance = within + between); "
-    "model_spread = s_b and model_fits = K in each estimate"
+    "percentile bootstrap over eval contexts/episodes (model held fixed); the model-based estimators (DM, DR, "
+    "Switch-DR, FQE, sequential DR, WDR, MAGIC) then combine M = K + 1 model fits by Rubin's rules: the reward "
+    "model / FQE is refit on K bootstrap resamples of the TRAIN episodes (from scratch with its own seed when "
+    "model_refit_fraction is 1, else warm-started from the main fit), the estimator is evaluated with each fit, "
+    "the value is their mean, and each half-width h becomes t_nu * sqrt(W + (1 + 1/M) B) with W = (h / z)^2, "
+    "B the variance of the M values and nu = (M - 1)(1 + W / ((1 + 1/M) B))^2; model_spread = sqrt(B) and "
+    "model_fits = M in each estimate"
 )
 
 
@@ -202,7 +203,7 @@ def one_step_cpe(config: PipelineConfig, train: Split, evaluation: Split, target
         values["Switch-DR"].append(float(switch_dr_terms(data, cfg.switch_tau).mean()))
     if timings is not None:
         timings.update(reward_model_fit=main_seconds, reward_model_refits=time.perf_counter() - clock)
-    return [widen_with_model_spread(e, values[e.name], cfg.confidence_level) if e.name in values else e
+    return [combine_model_fits(e, values[e.name], cfg.confidence_level) if e.name in values else e
             for e in estimates]
 
 
@@ -271,7 +272,7 @@ def sequential_cpe(config: PipelineConfig, train: Split, evaluation: Split, targ
             values.setdefault(name, []).append(value)
     if timings is not None:
         timings.update(fqe_fit=main_seconds, fqe_refits=time.perf_counter() - clock)
-    return [widen_with_model_spread(e, values[e.name], cfg.confidence_level) if e.name in values else e
+    return [combine_model_fits(e, values[e.name], cfg.confidence_level) if e.name in values else e
             for e in estimates]
 
 

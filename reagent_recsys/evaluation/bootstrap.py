@@ -10,10 +10,9 @@ estimators become one matrix product (``counts @ terms``), so resampling is vect
 resamples as the estimate's, so it accounts for the noise in both. It is ``None`` when the baseline is 0.
 
 Model-based estimators (DM, DR, FQE, WDR, MAGIC, ...) hold their fitted model fixed in these resamples, so the
-interval omits the model's own fitting error. `widen_with_model_spread` adds it: the model is refit on K
-bootstrap resamples of the TRAINING data, the estimator is re-evaluated with each refit, and each half-width of
-the interval is widened by total variance = within + (1 + 1/K) between (Rubin's rule), with the between-fit
-variance s_b^2 of the K refit estimates: half' = sqrt(half^2 + (z s_b)^2 (1 + 1/K)), z the normal quantile.
+interval omits the model's own fitting error. `combine_model_fits` adds it: the model is refit on K
+bootstrap resamples of the TRAINING data, the estimator is re-evaluated with each refit, and the M = K + 1
+values are combined by Rubin's rules (their mean; total variance = within + (1 + 1/M) between; Student t).
 """
 
 from __future__ import annotations
@@ -65,8 +64,8 @@ class Estimate:
     relative, relative_lower, relative_upper: value / baseline (1.0 = the logging policy's value) and interval.
     n: number of resampled units (contexts for one-step estimators, episodes for sequential ones).
     baseline: the logged policy's value on the same data (mean reward, or mean discounted episode return).
-    model_spread, model_fits: std of the estimate over the model refits and their number (K), when the interval
-    was widened by `widen_with_model_spread`; None/0 for intervals from the data resamples alone.
+    model_spread, model_fits: std of the estimate over the model fits and their number (M = main + K refits)
+    when `combine_model_fits` made it; None/0 for estimates from one model and the data resamples alone.
     """
 
     name: str
@@ -130,42 +129,47 @@ def bootstrap_estimate(
     return Estimate(name, value, lower, upper, relative, rel_lower, rel_upper, n, base)
 
 
-def widen_with_model_spread(estimate: Estimate, refit_values: Sequence[float], confidence: float) -> Estimate:
-    """`estimate` with its interval widened by the spread of `refit_values` (the estimate under K model refits).
+def combine_model_fits(estimate: Estimate, refit_values: Sequence[float], confidence: float) -> Estimate:
+    """`estimate` (main model fit; interval from data resamples) combined with the estimator's values under K
+    model refits, by Rubin's rules over the M = K + 1 fits.
 
-    Rubin's rules, per side: the within variance W = (h / z)^2 from the bootstrap half-width h, the between
-    variance B = s_b^2 (sample variance of the refit values), total T = W + (1 + 1/K) B, and the half-width
-    becomes t_nu sqrt(T) with Student's t at nu = (K - 1) (1 + W / ((1 + 1/K) B))^2 degrees of freedom, so a
-    handful of refits widens honestly (nu -> K - 1 when the model spread dominates). The relative interval
-    likewise, in units of the baseline. With fewer than 2 finite refit values the estimate is returned unchanged.
+    Point: the mean of the M values (an ensemble: one fit's seed and sample no longer decide it). Interval: the
+    main fit's bootstrap interval moved to that mean; per side, within variance W = (h / z)^2 from its half-width
+    h, between variance B = sample variance of the M values, total T = W + (1 + 1/M) B, half-width t_nu sqrt(T)
+    with Student's t at nu = (M - 1) (1 + W / ((1 + 1/M) B))^2 degrees of freedom, so a handful of fits widens
+    honestly (nu -> M - 1 when the model spread dominates). The relative interval likewise, in baseline units.
+    With no finite refit value the estimate is returned unchanged.
     """
-    values = np.asarray(refit_values, dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if len(values) < 2:
+    refits = np.asarray(refit_values, dtype=np.float64)
+    values = np.r_[estimate.value, refits[np.isfinite(refits)]]
+    if len(values) < 2 or not np.isfinite(estimate.value):
         return estimate
-    k, spread = len(values), float(values.std(ddof=1))
-    between = (1.0 + 1.0 / k) * spread ** 2
+    m, center, spread = len(values), float(values.mean()), float(values.std(ddof=1))
+    shift = center - estimate.value
+    between = (1.0 + 1.0 / m) * spread ** 2
     z = NormalDist().inv_cdf((1.0 + confidence) / 2.0)
 
     def half_width(half: float) -> float:
         within = (half / z) ** 2
         if between == 0.0:
             return half
-        dof = (k - 1) * (1.0 + within / between) ** 2
+        dof = (m - 1) * (1.0 + within / between) ** 2
         return float(student_t.ppf((1.0 + confidence) / 2.0, dof)) * math.sqrt(within + between)
 
-    def widen(center: float | None, lower: float | None, upper: float | None, scale: float):
-        if center is None or lower is None or upper is None:
-            return lower, upper
-        low_half, high_half = max(center - lower, 0.0) * scale, max(upper - center, 0.0) * scale
-        return center - half_width(low_half) / scale, center + half_width(high_half) / scale
+    def combine(old_center: float | None, lower: float | None, upper: float | None, scale: float):
+        """(center, lower, upper) moved by shift / scale and widened; scale converts to value units."""
+        if old_center is None or lower is None or upper is None:
+            return old_center, lower, upper
+        new_center, unit = old_center + shift / scale, abs(scale)
+        low_half, high_half = max(old_center - lower, 0.0) * unit, max(upper - old_center, 0.0) * unit
+        return new_center, new_center - half_width(low_half) / unit, new_center + half_width(high_half) / unit
 
-    lower, upper = widen(estimate.value, estimate.lower, estimate.upper, 1.0)
-    rel_lower, rel_upper = estimate.relative_lower, estimate.relative_upper
+    value, lower, upper = combine(estimate.value, estimate.lower, estimate.upper, 1.0)
+    relative, rel_lower, rel_upper = estimate.relative, estimate.relative_lower, estimate.relative_upper
     if estimate.baseline != 0.0:
-        rel_lower, rel_upper = widen(estimate.relative, rel_lower, rel_upper, abs(estimate.baseline))
-    return replace(estimate, lower=lower, upper=upper, relative_lower=rel_lower, relative_upper=rel_upper,
-                   model_spread=spread, model_fits=k)
+        relative, rel_lower, rel_upper = combine(relative, rel_lower, rel_upper, estimate.baseline)
+    return replace(estimate, value=value, lower=lower, upper=upper, relative=relative, relative_lower=rel_lower,
+                   relative_upper=rel_upper, model_spread=spread, model_fits=m)
 
 
 def _percentile_interval(draws: np.ndarray, confidence: float) -> tuple[float, float]:

@@ -9,7 +9,7 @@ import pytest
 import scipy.stats
 
 from reagent_recsys.evaluation import Estimate, EvaluationDataError, fit_fqe, fit_reward_model
-from reagent_recsys.evaluation.bootstrap import widen_with_model_spread
+from reagent_recsys.evaluation.bootstrap import combine_model_fits
 from reagent_recsys.evaluation.fqe import next_step_index, refit_on_resamples, resample_groups
 
 
@@ -92,23 +92,32 @@ def estimate(value: float, lower: float, upper: float, baseline: float = 2.0) ->
     return Estimate("DR", value, lower, upper, value / baseline, lower / baseline, upper / baseline, 100, baseline)
 
 
-def rubin_half_width(half: float, refits: list[float]) -> float:
-    """Rubin's rules by hand: t quantile at nu = (K-1)(1 + W/((1+1/K)B))^2 times sqrt(W + (1+1/K)B)."""
-    k, within = len(refits), (half / 1.959964) ** 2
-    between = (1 + 1 / k) * np.var(refits, ddof=1)
-    return scipy.stats.t.ppf(0.975, (k - 1) * (1 + within / between) ** 2) * math.sqrt(within + between)
+def rubin_half_width(half: float, values: list[float]) -> float:
+    """Rubin's rules by hand over M fits: t quantile at nu = (M-1)(1 + W/((1+1/M)B))^2 times sqrt(W + (1+1/M)B)."""
+    m, within = len(values), (half / 1.959964) ** 2
+    between = (1 + 1 / m) * np.var(values, ddof=1)
+    return scipy.stats.t.ppf(0.975, (m - 1) * (1 + within / between) ** 2) * math.sqrt(within + between)
 
 
-def test_widening_adds_the_between_fit_variance_to_each_half_width():
-    e = estimate(10.0, 9.0, 12.0)
-    refits = [9.0, 10.0, 11.0, 12.0]  # std 1.29
-    wide = widen_with_model_spread(e, refits, 0.95)
-    assert wide.lower == pytest.approx(10 - rubin_half_width(1.0, refits), rel=1e-5)
-    assert wide.upper == pytest.approx(10 + rubin_half_width(2.0, refits), rel=1e-5)
-    # Few refits, model spread dominating: the t quantile is far above z = 1.96 (nu = 3.8: t = 2.9).
-    assert wide.lower < 10 - 2.8 * math.sqrt((1 / 1.96) ** 2 + 1.25 * np.var(refits, ddof=1))
-    assert wide.relative_lower == pytest.approx(wide.lower / 2.0, rel=1e-9)
-    assert wide.relative_upper == pytest.approx(wide.upper / 2.0, rel=1e-9)
-    assert wide.value == e.value and wide.model_fits == 4 and wide.model_spread == pytest.approx(1.29099, rel=1e-4)
-    assert widen_with_model_spread(e, [3.0], 0.95) == e  # one refit: no spread to measure
-    assert widen_with_model_spread(e, [10.0, 10.0], 0.95).lower == pytest.approx(9.0)
+def test_model_fits_are_combined_by_rubins_rules():
+    e = estimate(10.0, 9.0, 12.0)  # the main fit: 10, its bootstrap interval [9, 12]
+    refits = [9.0, 11.0, 12.0]
+    combined = combine_model_fits(e, refits, 0.95)
+    fits = [10.0, *refits]  # M = 4 fits, mean 10.5
+    assert combined.value == pytest.approx(10.5) and combined.model_fits == 4
+    assert combined.model_spread == pytest.approx(np.std(fits, ddof=1))
+    assert combined.lower == pytest.approx(10.5 - rubin_half_width(1.0, fits), rel=1e-5)
+    assert combined.upper == pytest.approx(10.5 + rubin_half_width(2.0, fits), rel=1e-5)
+    # Few fits, model spread dominating: the t quantile is far above z = 1.96 (nu ~ 3.7: t ~ 2.9).
+    assert combined.lower < 10.5 - 2.8 * math.sqrt((1 / 1.96) ** 2 + 1.25 * np.var(fits, ddof=1))
+    assert combined.relative == pytest.approx(10.5 / 2.0)
+    assert combined.relative_lower == pytest.approx(combined.lower / 2.0, rel=1e-9)
+    assert combined.relative_upper == pytest.approx(combined.upper / 2.0, rel=1e-9)
+    below_zero = Estimate("DR", 10.0, 9.0, 12.0, -5.0, -6.0, -4.5, 100, -2.0)  # a negative baseline
+    negative = combine_model_fits(below_zero, refits, 0.95)
+    assert negative.relative == pytest.approx(-10.5 / 2.0)
+    assert negative.relative_lower == pytest.approx(-5.25 - rubin_half_width(2.0, fits) / 2, rel=1e-5)
+    assert negative.relative_upper == pytest.approx(-5.25 + rubin_half_width(1.0, fits) / 2, rel=1e-5)
+    assert combine_model_fits(e, [], 0.95) == e  # no refit: nothing to combine
+    same = combine_model_fits(e, [10.0, 10.0], 0.95)  # identical fits: the data interval as it was
+    assert (same.value, same.lower, same.upper) == (10.0, 9.0, 12.0)

@@ -138,7 +138,7 @@ def test_fqe_transitions_equal_the_table_next_state_when_n_is_one(run):
     assert report["intervals"]["model_bootstrap_fits"] == 5
     for section, names in (("one_step", ["DM", "DR", "Switch-DR"]), ("sequential", ["FQE", "DR", "WDR", "MAGIC"])):
         for e in report[section]["estimates"]:
-            assert (e["model_fits"] == 5) == (e["name"] in names), e
+            assert (e["model_fits"] == 6) == (e["name"] in names), e  # main fit + 5 refits
 
 
 def synthetic_config(tmp_path: Path, **evaluation) -> PipelineConfig:
@@ -169,7 +169,7 @@ def test_model_refits_make_the_dm_interval_cover_the_truth(tmp_path):
         truth = f(evaluation["state"], np.full(3000, 2)).mean()
         for k, config in ((0, fixed), (5, refit)):
             dm = one_step_cpe(config, train, evaluation, target)[0]
-            assert dm.name == "DM" and dm.model_fits == k
+            assert dm.name == "DM" and dm.model_fits == (k + 1 if k else 0)
             covered[k] += dm.lower <= truth <= dm.upper
     assert covered[0] <= 2 and covered[5] >= 8, covered
 
@@ -194,7 +194,7 @@ def test_fqe_learns_from_one_step_transitions_when_the_table_is_n_step(tmp_path)
                               bootstrap_samples=40)
     estimates = {e.name: e for e in sequential_cpe(config, train, evaluation, target, target)}
     assert estimates["FQE"].value == pytest.approx(horizon, abs=0.3)
-    assert estimates["FQE"].model_fits == 2
+    assert estimates["FQE"].model_fits == 3  # main fit + 2 refits
     assert estimates["FQE"].lower <= estimates["FQE"].value <= estimates["FQE"].upper
 
 
