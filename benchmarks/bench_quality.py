@@ -39,7 +39,14 @@ from reagent_recsys.evaluation.ground_truth import (  # noqa: E402
 )
 from reagent_recsys.policies.logging import build_policy  # noqa: E402
 from workflow.end_to_end import LEDGER_FILE, end_to_end  # noqa: E402
-from workflow.evaluate import add_model_state, read_split, sequential_cpe, state_layout  # noqa: E402
+from workflow.evaluate import (  # noqa: E402
+    add_model_state,
+    model_state,
+    network_layout,
+    read_split,
+    sequential_cpe,
+    state_layout,
+)
 
 CONFIGS = ("sweet_bitter", "sweet_bitter_latent", "sweet_bitter_bandit")
 BASELINES = {
@@ -61,6 +68,7 @@ def baseline_estimates(config: PipelineConfig) -> dict[str, dict[str, dict[str, 
     layout = state_layout(table_ids, list(probe.features), [str(a) for a in manifest["action_names"]],
                           int(probe.num_actions))
     train, evaluation = (add_model_state(s, layout, config.evaluation.history_decays) for s in (train, evaluation))
+    network = network_layout(config, layout, model_state(train).shape[1])
     columns = document_columns(table_ids, probe.features, int(probe.num_actions))
     if columns is None:
         raise ValueError(f"{table_dir}: the candidates' clickbait is not in the state; cannot evaluate baselines")
@@ -70,7 +78,7 @@ def baseline_estimates(config: PipelineConfig) -> dict[str, dict[str, dict[str, 
         policy = build_policy(policy_config, field=f"baseline {name}")
         target = logging_probabilities(policy, evaluation["state"], columns, slots)  # (N, A)
         train_target = logging_probabilities(policy, train["state"], columns, slots)  # (N, A) pi(.|s)
-        estimates = sequential_cpe(config, train, evaluation, target, train_target, layout=layout)
+        estimates = sequential_cpe(config, train, evaluation, target, train_target, network=network)
         found[name] = {e.name: e.to_dict() for e in estimates if e.name in ESTIMATORS}
     return found
 

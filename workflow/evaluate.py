@@ -112,7 +112,8 @@ def add_model_state(split: Split, layout: StateLayout, decays: list[float]) -> S
 
 def network_layout(config: PipelineConfig, layout: StateLayout | None, width: int) -> StateLayout | None:
     """The FQE / reward-model network's layout over the `width` model-state columns (``evaluation.fqe_model``):
-    per candidate when the table's `layout` has candidate features (history columns count as context)."""
+    per candidate when the table's `layout` has candidate features (history columns count as context); None:
+    one output per action. What `one_step_cpe` and `sequential_cpe` take as `network`."""
     has_candidates = layout is not None and layout.candidate_columns is not None
     if config.evaluation.fqe_model == "per_candidate" and not has_candidates:
         raise ValueError("evaluation.fqe_model: per_candidate needs every action's candidate features in the state "
@@ -164,7 +165,7 @@ def policy_probabilities(policy: Any, state: np.ndarray, presence: np.ndarray, m
 
 # --------------------------------------------------------------------------------------------- CPE
 def one_step_cpe(config: PipelineConfig, train: Split, evaluation: Split, target: np.ndarray,
-                 timings: dict[str, float] | None = None, layout: StateLayout | None = None) -> list[Estimate]:
+                 timings: dict[str, float] | None = None, network: StateLayout | None = None) -> list[Estimate]:
     """DM, IPS, SNIPS, DR, Switch-DR on the eval split; the reward model is fit on the train split.
 
     DM, DR and Switch-DR intervals include the reward model's error (``INTERVAL_METHOD``); `timings` receives
@@ -173,8 +174,7 @@ def one_step_cpe(config: PipelineConfig, train: Split, evaluation: Split, target
     cfg = config.evaluation
     num_actions = target.shape[1]
     settings = {"hidden_sizes": tuple(cfg.fqe_hidden_sizes), "learning_rate": cfg.fqe_learning_rate,
-                "batch_size": cfg.fqe_batch_size,
-                "layout": network_layout(config, layout, model_state(train).shape[1])}
+                "batch_size": cfg.fqe_batch_size, "layout": network}
 
     def fit(rows: np.ndarray, seed: int, epochs: int, init: FittedQ | None = None) -> FittedQ:
         return fit_reward_model(model_state(train)[rows], train["action"][rows], train["reward"][rows],
@@ -229,7 +229,7 @@ def model_based_values(data: EpisodeData, num_j_steps: int, seed: int) -> dict[s
 
 def sequential_cpe(config: PipelineConfig, train: Split, evaluation: Split, target: np.ndarray,
                    train_target: np.ndarray | None, timings: dict[str, float] | None = None,
-                   layout: StateLayout | None = None) -> list[Estimate]:
+                   network: StateLayout | None = None) -> list[Estimate]:
     """PDIS, WPDIS and (with `train_target`, pi(.|s) on the train split) FQE, DR, WDR, MAGIC.
 
     FQE learns from 1-step transitions (`fqe_transitions`); FQE, DR, WDR and MAGIC intervals include its error
@@ -247,13 +247,12 @@ def sequential_cpe(config: PipelineConfig, train: Split, evaluation: Split, targ
     if train_target is None:
         return evaluate_sequential(episodes(None), spec, cfg.magic_num_j_steps)
     transitions = fqe_transitions(train, train_target)
-    net_layout = network_layout(config, layout, transitions["state"].shape[1])
 
     def fit(rows: np.ndarray, seed: int, iterations: int, init: FittedQ | None = None) -> FittedQ:
         arrays = [transitions[k][rows] for k in ("state", "action", "reward", "next_state", "not_terminal",
                                                    "next_target_probs")]
         return fit_fqe(*arrays, cfg.gamma, **{**fqe_settings(cfg, seed), "iterations": iterations}, init=init,
-                       layout=net_layout)
+                       layout=network)
 
     clock = time.perf_counter()
     fqe = fit(np.arange(len(train["action"])), config.seed, cfg.fqe_iterations)
@@ -334,6 +333,7 @@ def evaluate(config: PipelineConfig) -> dict[str, Any]:
     env_features, num_candidates = list(probe.features), int(probe.num_actions)
     layout = state_layout(table_ids, env_features, action_names, num_candidates)
     train, evaluation = (add_model_state(split, layout, cfg.history_decays) for split in (train, evaluation))
+    network = network_layout(config, layout, model_state(train).shape[1])
 
     # 1-2. target probabilities in the served mode, then CPE.
     target = policy_probabilities(policy, *align(evaluation, "", table_ids, policy_ids),
@@ -341,8 +341,8 @@ def evaluate(config: PipelineConfig) -> dict[str, Any]:
     train_target = policy_probabilities(policy, *align(train, "", table_ids, policy_ids),
                                         train["possible_actions_mask"], greedy)
     cpe_started, timings = time.perf_counter(), {}
-    one_step = one_step_cpe(config, train, evaluation, target, timings, layout)
-    sequential = sequential_cpe(config, train, evaluation, target, train_target, timings, layout)
+    one_step = one_step_cpe(config, train, evaluation, target, timings, network)
+    sequential = sequential_cpe(config, train, evaluation, target, train_target, timings, network)
     timings["cpe_total"] = time.perf_counter() - cpe_started
 
     # 3-4. ground truth in the simulator, and the training curve.
@@ -370,7 +370,7 @@ def evaluate(config: PipelineConfig) -> dict[str, Any]:
                       "bootstrap_samples": cfg.bootstrap_samples, "model_bootstrap_fits": cfg.model_bootstrap_fits,
                       "model_refit_fraction": cfg.model_refit_fraction},
         "fqe_transitions": "1-step, rebuilt from consecutive rows of each train episode (reward = one-step reward)",
-        "model_inputs": {"network": "per_candidate" if network_layout(config, layout, 1) else "per_action",
+        "model_inputs": {"network": "per_action" if network is None else "per_candidate",
                          "history_decays": list(cfg.history_decays), "history_features":
                          int(model_state(train).shape[1] - train["state"].shape[1]),
                          "note": "FQE and the reward model see the state plus, per decay d, sum_{k<t} d^(t-1-k) "
