@@ -85,7 +85,7 @@ def recsim_rate(steps: int, repeats: int) -> tuple[float, float]:
 
 def breakdown(batch_size: int, repeats: int) -> dict[str, float]:
     """CPU seconds per million rows of each part of one sweet_bitter batch (best of `repeats`)."""
-    cfg = validate_config({"output_dir": "unused", "logging": {"batch_size": batch_size}})
+    cfg = validate_config({"output_dir": "unused", "env": {}, "logging": {"batch_size": batch_size}})
     times: dict[str, float] = {"simulate + policy": 1e9, "arrow arrays": 1e9, "parquet write": 1e9}
     with tempfile.TemporaryDirectory() as out:
         for i in range(repeats):

@@ -366,8 +366,13 @@ class PipelineConfig(StrictModel):
         """`output_dir` joined with `parts` as written (URIs intact): what the Spark stages read and write."""
         return "/".join([(self._output_uri or str(self.output_dir)).rstrip("/"), *parts])
     seed: int = Field(0, ge=0, description="Master seed; same seed, same output.")
-    env: EnvConfig = Field(default_factory=EnvConfig, description="The simulator.")
-    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="workflow.offline_gym.")
+    env: EnvConfig | None = Field(
+        None, description="The simulator. Absent (null): a logs run, with no simulator anywhere (the mdp table comes "
+        "from your logs; evaluation is counterfactual only)."
+    )
+    logging: LoggingConfig | None = Field(
+        None, description="workflow.offline_gym: the simulated logging policy (defaults filled in when `env` is set)."
+    )
     timeline: TimelineConfig = Field(default_factory=TimelineConfig, description="workflow.timeline_operator.")
     normalization: NormalizationConfig = Field(
         default_factory=NormalizationConfig, description="workflow.identify_normalization."
@@ -379,6 +384,20 @@ class PipelineConfig(StrictModel):
     export: ExportConfig = Field(default_factory=ExportConfig, description="workflow.export.")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="workflow.evaluate.")
     spark: SparkConfig = Field(default_factory=SparkConfig, description="Spark session settings.")
+
+    @model_validator(mode="after")
+    def _logging_needs_env(self) -> PipelineConfig:
+        if self.env is None and self.logging is not None:
+            raise ValueError("logging: a simulated logging policy needs an `env` section (add `env: {}` for the "
+                             "default simulator, or drop `logging` for a logs run)")
+        if self.env is not None and self.logging is None:
+            self.logging = LoggingConfig()
+        return self
+
+    @property
+    def simulated(self) -> bool:
+        """True when the run has a simulator (`env`); False for a logs run."""
+        return self.env is not None
 
     def section_hash(self, *sections: str) -> str:
         """A stable hash of the named sections (and the seed): stage outputs record it to detect staleness."""

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from reagent_recsys.artifacts import atomic_directory, package_versions, write_json_atomic
-from reagent_recsys.config import PipelineConfig
+from reagent_recsys.config import ConfigError, PipelineConfig
 from reagent_recsys.envs.recsim_adapter import make_env, slate_size_of
 from reagent_recsys.mdp_writer import (
     EpisodeBatch,
@@ -105,6 +105,9 @@ def _start_batch(config: PipelineConfig, index: int, rng: np.random.Generator) -
 
 def offline_gym(config: PipelineConfig) -> dict[str, Any]:
     """Simulate `logging.num_episodes` episodes and write `<output_dir>/mdp`; returns a summary."""
+    if config.env is None or config.logging is None:
+        raise ConfigError("env: workflow.offline_gym simulates users and needs an `env` section (a logs run has "
+                          "none: its mdp table comes from your logs)")
     log_cfg = config.logging
     started = time.perf_counter()
     num_batches = -(-log_cfg.num_episodes // log_cfg.batch_size)

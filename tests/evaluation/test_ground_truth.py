@@ -109,7 +109,7 @@ def test_softmax_served_policy_samples_its_probabilities():
 
 
 def test_baselines_from_config_include_the_logging_policy():
-    config = validate_config({"output_dir": "x", "logging": {"policy": {"type": "softmax", "temperature": 0.1}}})
+    config = validate_config({"output_dir": "x", "env": {}, "logging": {"policy": {"type": "softmax", "temperature": 0.1}}})
     actors = baseline_actors(config, ["clickbait"])
     assert list(actors) == ["logging", "random", "always_sweetest", "always_bitterest"]
     # A softmax over clickbait at a low temperature behaves like always-sweetest.

@@ -26,7 +26,7 @@ PYTHON = str(ROOT / ".venv" / "bin" / "python")
 
 def config(tmp_path: Path, name: str = "out", seed: int = 0, **logging) -> object:
     logging = {"num_episodes": 30, "batch_size": 8, **logging}
-    return validate_config({"output_dir": str(tmp_path / name), "seed": seed, "logging": logging})
+    return validate_config({"output_dir": str(tmp_path / name), "seed": seed, "env": {}, "logging": logging})
 
 
 def rows_by_episode(table) -> dict:
