@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -403,6 +404,34 @@ class PipelineConfig(StrictModel):
         """A stable hash of the named sections (and the seed): stage outputs record it to detect staleness."""
         payload = {name: self.model_dump(mode="json")[name] for name in ("seed", *sections)}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resolved_config(config: PipelineConfig) -> dict[str, Any]:
+    """The config as JSON-able data with every value actually used: an env preset's parameters filled in."""
+    data = config.model_dump(mode="json")
+    if config.env is not None and config.env.type == "lts":
+        from dataclasses import asdict
+
+        from reagent_recsys.envs.lts import LTSParams
+
+        params = asdict(LTSParams.from_config(config.env))
+        if params["initial_npe"] is None:
+            params["initial_npe"] = "random"
+        data["env"].update({name: value for name, value in params.items() if name in data["env"]})
+    return data
+
+
+def write_resolved_config(config: PipelineConfig) -> Path | None:
+    """Write `resolved_config` to OUTPUT_DIR/config.yaml (atomically); None for a remote (URI) output_dir."""
+    if "://" in config.output_uri():
+        return None
+    path = Path(config.output_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".config.yaml.tmp-{os.getpid()}")
+    tmp.write_text("# The resolved config of the last run into this directory (every value used).\n"
+                   + yaml.safe_dump(resolved_config(config), sort_keys=False))
+    tmp.replace(path)
+    return path
 
 
 # ------------------------------------------------------------------------------------ loading, errors

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Create or reuse the virtualenv at .venv, install the pinned stack into it, and make sure Java 17+ is present.
-# Sourced by run.sh and test.sh; safe to run again (it reinstalls only when a requirements file changes).
+# Sourced by run.sh (the runtime layer) and test.sh (runtime + recsim + dev); scripts/install_extra.sh adds a
+# layer by hand. Safe to run again: a layer reinstalls only when its requirements files change.
+#   BOOTSTRAP_LAYERS="runtime recsim dev" source scripts/bootstrap.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
+REQ="$ROOT/requirements"
 
 log() { echo "[bootstrap] $*" >&2; }
 
@@ -19,26 +22,52 @@ find_python() {
   return 1
 }
 
-ensure_venv() {
-  local stamp="$VENV/.stack-stamp" want
-  want="$(cat "$ROOT/requirements/stack.txt" "$ROOT/requirements/no-deps.txt" "$ROOT/setup.cfg" | sha256sum | cut -c1-16)"
-  if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+layer_files() {  # the files that define a layer (its stamp hashes them)
+  case "$1" in
+    runtime) echo "$REQ/runtime.txt $REQ/runtime-no-deps.txt $ROOT/setup.cfg" ;;
+    recsim) echo "$REQ/recsim.txt $REQ/recsim-no-deps.txt" ;;
+    dev) echo "$REQ/dev.txt" ;;
+    *) log "unknown layer '$1' (runtime, recsim, dev)"; return 1 ;;
+  esac
+}
+
+ensure_layer() {
+  local layer="$1" stamp="$VENV/.stamp-$1" want files
+  files="$(layer_files "$layer")"
+  # a layer's stamp includes the runtime's, so reinstalling the runtime reapplies the layers above it
+  want="$( (cat $files; [ "$layer" = runtime ] || cat "$VENV/.stamp-runtime" 2>/dev/null) | sha256sum | cut -c1-16)"
+  if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     return 0
   fi
+  log "installing the $layer layer into $VENV (a few minutes the first time)"
+  local pip=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+  case "$layer" in
+    runtime)
+      "${pip[@]}" --upgrade pip
+      "${pip[@]}" -r "$REQ/runtime.txt"
+      "${pip[@]}" --no-deps -r "$REQ/runtime-no-deps.txt"
+      "${pip[@]}" --no-deps --no-build-isolation -e "$ROOT" ;;
+    recsim)
+      # keep the runtime's setuptools pin while tensorflow resolves
+      "${pip[@]}" -r "$REQ/recsim.txt" "$(grep '^setuptools' "$REQ/runtime.txt")"
+      "${pip[@]}" --no-deps -r "$REQ/recsim-no-deps.txt" ;;
+    dev)
+      "${pip[@]}" -r "$REQ/dev.txt" ;;
+  esac
+  echo "$want" > "$stamp"
+  log "$layer layer ready"
+}
+
+ensure_venv() {
   if [ ! -x "$VENV/bin/python" ]; then
     local py; py="$(find_python)"
     log "creating $VENV with $py"
     "$py" -m venv "$VENV"
   fi
-  log "installing the pinned stack into $VENV (a few minutes the first time)"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements/stack.txt"
-  # petastorm pins setuptools<70 while torch 2.13 needs >=77, and recsim drags in what it never imports:
-  # these go in without their declared dependencies (see requirements/no-deps.txt).
-  "$VENV/bin/python" -m pip install -q --no-deps -r "$ROOT/requirements/no-deps.txt"
-  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$ROOT"
-  echo "$want" > "$stamp"
-  log "environment ready"
+  local layer
+  for layer in ${BOOTSTRAP_LAYERS:-runtime}; do
+    ensure_layer "$layer"
+  done
 }
 
 java_major() {

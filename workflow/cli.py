@@ -16,18 +16,59 @@ if __name__ == "__main__":
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
 
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 
 import click  # noqa: E402
+import yaml  # noqa: E402
 
-from reagent_recsys.config import ConfigError, describe_schema, load_config  # noqa: E402
+from reagent_recsys import __version__  # noqa: E402
+from reagent_recsys.config import (  # noqa: E402
+    ConfigError,
+    describe_schema,
+    load_config,
+    resolved_config,
+    write_resolved_config,
+)
+from reagent_recsys.run_lock import output_dir_lock  # noqa: E402
+from reagent_recsys.summary import format_run_summary  # noqa: E402
 from workflow.registry import WORKFLOWS, get_workflow  # noqa: E402
+
+UNLOCKED = {"workflow.serve"}  # long-lived readers of an output_dir; every other run holds its lock
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="reagent-recsys")
 def cli() -> None:
     """reagent_recsys: a batch RL pipeline for recommender systems, one YAML file per run."""
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout (Python, the JVM, subprocesses) to stderr for the duration."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def fail(exc: Exception, debug: bool) -> None:
+    """One clear line for users (exit 2 for config errors, 1 otherwise); the traceback with --debug."""
+    if debug:
+        raise exc
+    config_error = isinstance(exc, ConfigError)
+    click.echo(f"{'config error' if config_error else 'error'}: {exc}", err=True)
+    if not config_error:
+        click.echo("(run again with --debug for the full traceback)", err=True)
+    sys.exit(2 if config_error else 1)
 
 
 @cli.command()
@@ -35,32 +76,33 @@ def cli() -> None:
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config field, e.g. --set training.epochs=2 (value parsed as YAML).")
+@click.option("--json", "as_json", is_flag=True, help="Write only the result as JSON to stdout (logs to stderr).")
 @click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
-def run(workflow_name: str, config_path: str, overrides: tuple[str, ...], debug: bool) -> None:
-    """Run WORKFLOW (see `list`) on the run described by CONFIG."""
+def run(workflow_name: str, config_path: str, overrides: tuple[str, ...], as_json: bool, debug: bool) -> None:
+    """Run WORKFLOW (see `list`; `train` = `workflow.train`) on the run described by CONFIG."""
+    started = time.perf_counter()
     try:
         workflow = get_workflow(workflow_name)
         config = load_config(config_path, overrides)
-        started = time.perf_counter()
-        result = workflow.load()(config)
-    except Exception as exc:  # one clear line for users; the traceback on request
-        if debug:
-            raise
-        kind = "config error" if isinstance(exc, ConfigError) else "error"
-        click.echo(f"{kind}: {exc}", err=True)
-        if not isinstance(exc, ConfigError):
-            click.echo("(run again with --debug for the full traceback)", err=True)
-        sys.exit(2 if isinstance(exc, ConfigError) else 1)
-    click.echo(f"{workflow_name} finished in {time.perf_counter() - started:.1f}s")
-    if result is not None:
-        click.echo(json.dumps(result, indent=2, sort_keys=True, default=str))
+        lock = contextlib.nullcontext() if workflow.name in UNLOCKED else output_dir_lock(config.output_dir)
+        with stdout_to_stderr() if as_json else contextlib.nullcontext(), lock:
+            write_resolved_config(config)
+            result = workflow.load()(config)
+    except Exception as exc:  # noqa: BLE001 - one clear line for users; the traceback on request
+        fail(exc, debug)
+    seconds = time.perf_counter() - started
+    if as_json:
+        click.echo(json.dumps({"workflow": workflow.name, "seconds": round(seconds, 2), "result": result},
+                              default=str))
+    else:
+        click.echo(format_run_summary(workflow.name, result, seconds, str(config.output_dir)))
 
 
 @cli.command("list")
 def list_workflows() -> None:
-    """List the workflows that `run` accepts."""
-    for name in sorted(WORKFLOWS):
-        click.echo(f"{name:32s} {WORKFLOWS[name].summary}")
+    """List the workflows `run` accepts, in pipeline order."""
+    for workflow in WORKFLOWS.values():
+        click.echo(f"{workflow.short_name:24s} {workflow.summary}")
 
 
 @cli.command("print-schema")
@@ -72,14 +114,15 @@ def print_schema() -> None:
 @cli.command()
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config field.")
-def validate(config_path: str, overrides: tuple[str, ...]) -> None:
-    """Check CONFIG and print it with every default filled in."""
+@click.option("--debug", is_flag=True, help="Show the full traceback on errors.")
+def validate(config_path: str, overrides: tuple[str, ...], debug: bool) -> None:
+    """Check CONFIG and print the values a run would use (defaults and env preset filled in), as YAML."""
     try:
         config = load_config(config_path, overrides)
-    except ConfigError as exc:
-        click.echo(f"config error: {exc}", err=True)
-        sys.exit(2)
-    click.echo(json.dumps(config.model_dump(mode="json"), indent=2))
+        resolved = resolved_config(config)
+    except Exception as exc:  # noqa: BLE001
+        fail(exc, debug)
+    click.echo(yaml.safe_dump(resolved, sort_keys=False).rstrip())
 
 
 def main() -> None:

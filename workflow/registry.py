@@ -1,7 +1,11 @@
-"""The workflows `cli.py run` can start, by name. Names resolve only through this table, never as import paths."""
+"""The workflows `cli.py run` can start, by name, in pipeline order.
+
+Names resolve only through this table, never as import paths: `workflow.train` or its short name `train`.
+"""
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +20,10 @@ class Workflow:
     module: str
     function: str
     summary: str
+
+    @property
+    def short_name(self) -> str:
+        return self.name.removeprefix("workflow.")
 
     def load(self) -> Callable[[PipelineConfig], Any]:
         return getattr(importlib.import_module(self.module), self.function)
@@ -49,9 +57,11 @@ class UnknownWorkflowError(ValueError):
 
 
 def get_workflow(name: str) -> Workflow:
-    try:
-        return WORKFLOWS[name]
-    except KeyError:
-        raise UnknownWorkflowError(
-            f"unknown workflow {name!r}; available: {', '.join(sorted(WORKFLOWS))}"
-        ) from None
+    """The workflow called `name` (full or short name); an unknown name gets a did-you-mean."""
+    full = name if name in WORKFLOWS else f"workflow.{name}"
+    if full in WORKFLOWS:
+        return WORKFLOWS[full]
+    names = [*WORKFLOWS, *(w.short_name for w in WORKFLOWS.values())]
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else f"available: {', '.join(w.short_name for w in WORKFLOWS.values())}"
+    raise UnknownWorkflowError(f"unknown workflow {name!r}; {hint} (`list` shows them all)")

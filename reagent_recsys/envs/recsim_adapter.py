@@ -77,7 +77,11 @@ def registered_recsim_envs() -> list[str]:
 def _import_recsim() -> None:
     """Import recsim (and tensorflow) only when a recsim env is built; quiet TF's C++ start-up logging."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    importlib.import_module("recsim.simulator.recsim_gym")
+    try:
+        importlib.import_module("recsim.simulator.recsim_gym")
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"env.type: recsim needs google recsim ({exc}), which the runtime environment leaves out "
+                          "(it brings tensorflow, +1.1 GB); add it with ./scripts/install_extra.sh recsim") from None
 
 
 # -------------------------------------------------------------------------------------- built-in envs

@@ -1,0 +1,103 @@
+"""workflow.end_to_end: skip what is up to date, rerun what a changed input or config reaches, one run per dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, str(ROOT / "workflow" / "cli.py")]
+TINY = {
+    "seed": 5,
+    "env": {"type": "lts", "preset": "sweet_bitter"},
+    "logging": {"num_episodes": 120, "batch_size": 120},
+    "timeline": {"eval_fraction": 0.5},
+    "training": {"epochs": 1, "batch_size": 128, "hidden_sizes": [16], "torch_threads": 1, "shuffle_buffer": 500},
+    "evaluation": {"ground_truth_episodes": 100, "curve_episodes": 50, "bootstrap_samples": 20,
+                   "fqe_iterations": 3, "fqe_epochs": 1, "reward_model_epochs": 2, "model_bootstrap_fits": 0},
+    "spark": {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "1g"},
+}
+
+
+def write_config(path: Path, **sections) -> Path:
+    path.write_text(yaml.safe_dump({**TINY, **sections}))
+    return path
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "run", *args], capture_output=True, text=True, cwd=ROOT, timeout=900)
+
+
+def statuses(done: subprocess.CompletedProcess) -> dict[str, tuple[str, str]]:
+    assert done.returncode == 0, done.stderr[-3000:]
+    stages = json.loads(done.stdout)["result"]["stages"]
+    return {s["workflow"].removeprefix("workflow."): (s["status"], s["reason"]) for s in stages}
+
+
+@pytest.mark.slow
+def test_changed_input_reruns_from_the_stage_that_reads_it(tmp_path):
+    logs = tmp_path / "logs"
+    assert run("offline_gym", str(write_config(tmp_path / "logs.yaml", output_dir=str(logs)))).returncode == 0
+    timeline = {**TINY["timeline"], "input_path": str(logs / "mdp")}
+    config = write_config(tmp_path / "run.yaml", output_dir=str(tmp_path / "out"), timeline=timeline)
+
+    first = statuses(run("end_to_end", str(config), "--json"))
+    assert all(status == "ran" for status, _ in first.values()), first
+
+    # a resume flag shapes nothing: everything is up to date
+    again = statuses(run("end_to_end", str(config), "--json", "--set", "training.resume=true"))
+    assert all(status == "skipped" for status, _ in again.values()), again
+
+    # replace the external input: the timeline and everything after it run again, saying why
+    assert run("offline_gym", str(write_config(tmp_path / "logs.yaml", output_dir=str(logs), seed=6))).returncode == 0
+    changed = statuses(run("end_to_end", str(config), "--json"))
+    assert changed["offline_gym"][0] == "skipped"
+    assert changed["timeline_operator"] == ("ran", f"input changed: {logs / 'mdp'}")
+    assert all(changed[s][0] == "ran" for s in ("identify_normalization", "training_table", "train", "evaluate"))
+
+    # a config change names the field
+    epochs = statuses(run("end_to_end", str(config), "--json", "--set", "training.epochs=2"))
+    assert epochs["training_table"][0] == "skipped"
+    assert epochs["train"] == ("ran", "config changed: training.epochs 1 -> 2")
+
+    # the human summary: a table in pipeline order
+    done = run("end_to_end", str(config), "--set", "training.epochs=2")
+    lines = done.stdout.splitlines()
+    order = [next(i for i, line in enumerate(lines) if f" {name} " in line)
+             for name in ("offline_gym", "timeline_operator", "train", "evaluate")]
+    assert order == sorted(order) and "skipped: up to date" in done.stdout
+
+
+def test_a_second_run_on_the_same_output_dir_stops_at_once(tmp_path):
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom reagent_recsys.run_lock import output_dir_lock\n"
+         f"with output_dir_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(120)\n"],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        config = write_config(tmp_path / "run.yaml", output_dir=str(out))
+        started = time.monotonic()
+        refused = run("offline_gym", str(config))
+        assert refused.returncode == 1 and time.monotonic() - started < 60
+        first_line = refused.stderr.splitlines()[0]
+        assert f"another run is using this output_dir (pid {holder.pid} on " in first_line, first_line
+        assert not (out / "mdp").exists()
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=10)
+    # the killed holder's lock is stale: the next run takes it over and says so
+    done = run("offline_gym", str(config))
+    assert done.returncode == 0, done.stderr
+    assert f"taking over the lock of a run that did not finish (pid {holder.pid} on" in done.stderr
+    assert (out / "mdp").is_dir()
+    shutil.rmtree(out)
