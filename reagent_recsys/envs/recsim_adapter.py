@@ -79,8 +79,8 @@ def _import_recsim() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         importlib.import_module("recsim.simulator.recsim_gym")
-    except ModuleNotFoundError as exc:
-        raise ConfigError(f"env.type: recsim needs google recsim ({exc}), which the runtime environment leaves out "
+    except ModuleNotFoundError:
+        raise ConfigError("env.type: recsim needs google recsim, which the runtime environment leaves out "
                           "(it brings tensorflow, +1.1 GB); add it with ./scripts/install_extra.sh recsim") from None
 
 
@@ -144,6 +144,7 @@ def _lts_classes() -> SimpleNamespace:
 
 def _make_long_term_satisfaction(config: dict[str, Any]) -> Any:
     """recsim's LTS world with our parameters: user sampler, fixed starting NPE and sweet_bitter documents."""
+    _import_recsim()
     from recsim.environments import long_term_satisfaction as lts
     from recsim.simulator import environment, recsim_gym
 

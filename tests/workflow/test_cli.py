@@ -74,3 +74,19 @@ def test_human_summary_names_the_key_figures(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0].startswith("workflow.offline_gym finished in ")
     assert "20 episodes" in done.stdout and "logged mean return" in done.stdout
+
+
+def test_recsim_env_without_the_extra_says_how_to_add_it(tmp_path):
+    config = tmp_path / "recsim.yaml"
+    config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "env": {"type": "recsim"},
+                                      "logging": {"num_episodes": 2, "batch_size": 2}}))
+    # the runtime environment as ./run.sh builds it: google recsim cannot be imported
+    code = ("import runpy, sys\nsys.modules['recsim'] = None\n"
+            f"sys.argv = ['cli.py', 'run', 'offline_gym', {str(config)!r}]\n"
+            f"runpy.run_path({str(ROOT / 'workflow' / 'cli.py')!r}, run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "config error: env.type: recsim needs google recsim, which "
+        "the runtime environment leaves out (it brings tensorflow, +1.1 GB); add it with "
+        "./scripts/install_extra.sh recsim"]
