@@ -366,6 +366,11 @@ class PipelineConfig(StrictModel):
     def output_uri(self, *parts: str) -> str:
         """`output_dir` joined with `parts` as written (URIs intact): what the Spark stages read and write."""
         return "/".join([(self._output_uri or str(self.output_dir)).rstrip("/"), *parts])
+
+    @property
+    def paths(self) -> RunPaths:
+        """Where every stage of this run reads and writes."""
+        return RunPaths(self)
     seed: int = Field(0, ge=0, description="Master seed; same seed, same output.")
     env: EnvConfig | None = Field(
         None, description="The simulator. Absent (null): a logs run, with no simulator anywhere (the mdp table comes "
@@ -406,6 +411,42 @@ class PipelineConfig(StrictModel):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class RunPaths:
+    """Every stage's inputs and outputs under `output_dir`, named once. Local paths for the Python stages; the
+    Spark stages take `uri(...)` forms, which keep hdfs:// and s3a:// output dirs intact."""
+
+    MDP, TIMELINE, NORMALIZATION, TRAINING_TABLE = "mdp", "timeline", "normalization.json", "training_table"
+    TRAINING, EXPORT, EVALUATION = "training", "export", "evaluation"
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
+        self.root = Path(config.output_dir)
+
+    def uri(self, *parts: str) -> str:
+        return self.config.output_uri(*parts)
+
+    @property
+    def mdp_input(self) -> str:
+        """The mdp table the timeline reads: `timeline.input_path`, else what offline_gym or import_logs wrote."""
+        return self.config.timeline.input_path or self.uri(self.MDP)
+
+    @property
+    def timeline_output(self) -> str:
+        return self.config.timeline.output_path or self.uri(self.TIMELINE)
+
+    mdp = property(lambda self: self.root / self.MDP)
+    normalization = property(lambda self: self.root / self.NORMALIZATION)
+    training_table = property(lambda self: self.root / self.TRAINING_TABLE)
+    training = property(lambda self: self.root / self.TRAINING)
+    model = property(lambda self: self.root / self.TRAINING / "model.pt")
+    checkpoints = property(lambda self: self.root / self.TRAINING / "checkpoints")
+    tensorboard = property(lambda self: self.root / self.TRAINING / "tensorboard")
+    export = property(lambda self: self.root / self.EXPORT)
+    policy = property(lambda self: self.root / self.EXPORT / "policy.pt")
+    evaluation = property(lambda self: self.root / self.EVALUATION)
+    config_file = property(lambda self: self.root / "config.yaml")
+
+
 def resolved_config(config: PipelineConfig) -> dict[str, Any]:
     """The config as JSON-able data with every value actually used: an env preset's parameters filled in."""
     data = config.model_dump(mode="json")
@@ -425,7 +466,7 @@ def write_resolved_config(config: PipelineConfig) -> Path | None:
     """Write `resolved_config` to OUTPUT_DIR/config.yaml (atomically); None for a remote (URI) output_dir."""
     if "://" in config.output_uri():
         return None
-    path = Path(config.output_dir) / "config.yaml"
+    path = config.paths.config_file
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".config.yaml.tmp-{os.getpid()}")
     tmp.write_text("# The resolved config of the last run into this directory (every value used).\n"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from reagent_recsys.artifacts import write_json_atomic
-from reagent_recsys.config import PipelineConfig, write_resolved_config
+from reagent_recsys.config import PipelineConfig, RunPaths, write_resolved_config
 from reagent_recsys.run_lock import output_dir_lock
 from workflow.registry import get_workflow
 
@@ -50,13 +50,13 @@ def _timeline_inputs(config: PipelineConfig) -> list[str]:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("workflow.offline_gym", "mdp", ("env", "logging"), applies=lambda config: config.env is not None),
-    Stage("workflow.timeline_operator", "timeline", ("timeline",), external_inputs=_timeline_inputs),
-    Stage("workflow.identify_normalization", "normalization.json", ("normalization",)),
-    Stage("workflow.training_table", "training_table", ("training_table",)),
-    Stage("workflow.train", "training", ("training",), product=("training/model.pt",)),
-    Stage("workflow.export", "export", ("export",)),
-    Stage("workflow.evaluate", "evaluation", ("evaluation",)),
+    Stage("workflow.offline_gym", RunPaths.MDP, ("env", "logging"), applies=lambda config: config.env is not None),
+    Stage("workflow.timeline_operator", RunPaths.TIMELINE, ("timeline",), external_inputs=_timeline_inputs),
+    Stage("workflow.identify_normalization", RunPaths.NORMALIZATION, ("normalization",)),
+    Stage("workflow.training_table", RunPaths.TRAINING_TABLE, ("training_table",)),
+    Stage("workflow.train", RunPaths.TRAINING, ("training",), product=(f"{RunPaths.TRAINING}/model.pt",)),
+    Stage("workflow.export", RunPaths.EXPORT, ("export",)),
+    Stage("workflow.evaluate", RunPaths.EVALUATION, ("evaluation",)),
 )
 
 
