@@ -527,9 +527,9 @@ def format_validation_error(error: ValidationError) -> str:
             lines.append(f"{path}: unknown key ({suggestion})")
             continue
         value = err.get("input")
-        shown = "" if err["type"] == "missing" else f" (got {value!r})"
+        shown = "" if err["type"] == "missing" or not loc else f" (got {value!r})"
         message = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{path or '<config>'}: {message}{shown}")
+        lines.append(f"{path}: {message}{shown}" if path else message)
     return "\n".join(lines)
 
 
