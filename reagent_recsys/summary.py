@@ -119,7 +119,7 @@ def format_run_summary(workflow: str, result: Any, seconds: float, output_dir: s
         return "\n".join(lines)
     rows = [("#", "stage", "status", "time", "key figures")]
     for index, stage in enumerate(stages, start=1):
-        status = "ran" if stage.get("status") == "ran" else f"skipped: {stage.get('reason', 'up to date')}"
+        status = f"{stage.get('status', '?')}: {stage.get('reason', '')}".rstrip(": ")
         rows.append((str(index), stage["workflow"].removeprefix("workflow."), status,
                      _duration(stage.get("seconds")) if stage.get("status") == "ran" else "-",
                      key_figures(stage["workflow"], stage.get("result"))))
