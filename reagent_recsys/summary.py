@@ -19,6 +19,8 @@ def _num(value: Any, digits: int = 1) -> str:
         return f"{value:,}"
     if isinstance(value, float):
         return f"{value:,.{digits}f}"
+    if isinstance(value, dict):  # per split
+        return " / ".join(f"{name} {_num(v, digits)}" for name, v in value.items())
     return str(value)
 
 
@@ -45,10 +47,11 @@ def _train(r: Result) -> str:
     parts = [f"{r.get('algorithm', '?')}"]
     if r.get("epochs") is not None:
         parts.append(f"{_num(r.get('epochs'))} epochs")
-    if r.get("steps") is not None:
-        parts.append(f"{_num(r.get('steps'))} updates")
-    if r.get("final_td_loss") is not None:
-        parts.append(f"final TD loss {_num(r.get('final_td_loss'), 4)}")
+    if r.get("updates") is not None:
+        parts.append(f"{_num(r.get('updates'))} updates")
+    td_loss = (r.get("last_logged") or {}).get("td_loss")
+    if td_loss is not None:
+        parts.append(f"last TD loss {_num(td_loss, 3)}")
     if r.get("world_size", 1) and r.get("world_size", 1) > 1:
         parts.append(f"{r['world_size']} processes")
     return ", ".join(parts)

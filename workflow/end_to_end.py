@@ -125,7 +125,7 @@ def why_stale(entry: dict[str, Any], key: str, sections: dict[str, Any], output_
               inputs: dict[str, str | None]) -> str | None:
     """Why a stage must run again (None: up to date)."""
     if not entry:
-        return "no earlier run recorded"
+        return "first run"
     if output_print is None:
         return "its output is missing"
     if entry.get("key") != key:
