@@ -265,6 +265,11 @@ class TrainingConfig(StrictModel):
     torch_threads: int | None = Field(
         None, gt=0, description="torch intra-op threads for training (null: torch's default; 1 on busy machines)."
     )
+    num_processes: int = Field(
+        1, gt=0, le=256, description="Data-parallel training processes: above 1, workflow.train (and so "
+        "end_to_end) launches them itself with torchrun on this machine (gloo on CPU, nccl on GPUs); each reads "
+        "its own row groups, so training_table.num_files should be at least this."
+    )
 
 
 class ExportConfig(StrictModel):
