@@ -79,6 +79,8 @@ def run_training(config: PipelineConfig, rank: int = 0, world_size: int = 1,
                           eval_table=table.parent / "eval", tensorboard_root=final / "tensorboard",
                           config_hash=config.section_hash("training"), hparams=hparams)
         result = trainer.fit(loader)
+        if result["resumed_from"]:  # where the checkpoint lives once this run is swapped in
+            result["resumed_from"] = str(final / "checkpoints" / Path(result["resumed_from"]).name)
         if world_size > 1:
             import torch.distributed as dist
 

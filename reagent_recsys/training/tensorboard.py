@@ -26,9 +26,14 @@ NOTE = ("train/* are plotted against update steps; eval/*, cpe/* and actions/* a
         "(eval: training_table/eval).")
 
 
-def run_name(config_hash: str) -> str:
-    """`YYYYmmdd-HHMMSS-<hash8>` (UTC): sorts by time; the hash tells configs apart."""
-    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{config_hash[:8]}"
+def run_name(root: Path, config_hash: str) -> str:
+    """`YYYYmmdd-HHMMSS-<hash8>` (UTC): sorts by time; the hash tells configs apart; `-2`, `-3`... when two runs
+    of one config start within a second."""
+    name = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{config_hash[:8]}"
+    suffix = 1
+    while (root / (name if suffix == 1 else f"{name}-{suffix}")).exists():
+        suffix += 1
+    return name if suffix == 1 else f"{name}-{suffix}"
 
 
 def flat_hparams(section: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -62,7 +67,7 @@ class TrainingLog:
 
         self.log_dir = log_dir
         self.action_names = action_names
-        self.writer = summary_writer(log_dir, purge_step if purge_step > 0 else None)
+        self.writer = summary_writer(log_dir, purge_step + 1 if purge_step > 0 else None)  # drop a killed run's later points
         if purge_step == 0:
             for summary in hparams_summary(hparams, dict.fromkeys(EPOCH_METRICS, 0.0)):
                 self.writer.file_writer.add_summary(summary)

@@ -179,7 +179,7 @@ class Trainer:
     def _log(self) -> TrainingLog | None:
         if not self.is_chief or self.tensorboard_root is None:
             return None
-        self.tensorboard_run = self.tensorboard_run or run_name(self.config_hash)
+        self.tensorboard_run = self.tensorboard_run or run_name(self.tensorboard_root, self.config_hash)
         return TrainingLog(self.tensorboard_root / self.tensorboard_run, self.step, self.hparams, self.action_names)
 
     def fit(self, loader: TableLoader) -> dict[str, Any]:
