@@ -15,7 +15,12 @@ def training_table(config: PipelineConfig) -> dict[str, Any]:
     from preprocessing import io
     from preprocessing.spark import get_spark
     from preprocessing.timeline_job import timeline_paths
-    from preprocessing.training_table import build_training_table, check_actions, collect_action_names
+    from preprocessing.training_table import (
+        build_training_table,
+        by_key_range,
+        check_actions,
+        collect_action_names,
+    )
     from reagent_recsys.artifacts import package_versions
     from reagent_recsys.normalization import NormalizationArtifact
     from workflow.identify_normalization import normalization_path, text_sha256
@@ -41,10 +46,9 @@ def training_table(config: PipelineConfig) -> dict[str, Any]:
     with io.atomic_output(spark, output) as tmp:
         for split, df in timelines.items():
             table = build_training_table(df, artifact.feature_ids, action_names)
-            # Sorted and range-partitioned: deterministic files (same seed, same weights downstream) and enough
+            # Sorted, in key ranges: the same files whatever ran before (same weights downstream), and enough
             # row groups for every process of a distributed training run to read its own shard.
-            ordered = table.repartitionByRange(config.training_table.num_files, "mdp_key", "sequence_number")
-            ordered.sortWithinPartitions("mdp_key", "sequence_number").write.parquet(f"{tmp}/{split}")
+            by_key_range(table, config.training_table.num_files).write.parquet(f"{tmp}/{split}")
             rows[split] = spark.read.parquet(f"{tmp}/{split}").count()
         manifest = {
             "table": TRAINING.name,
