@@ -153,7 +153,7 @@ def run_timeline(spark, config: PipelineConfig) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from preprocessing.spark import get_spark
+    from preprocessing.spark import SparkJobError, get_spark, spark_stage
     from reagent_recsys.config import ConfigError, load_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -171,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spark = get_spark(config.spark, master=args.master)
     try:
-        summary = run_timeline(spark, config)
-    except ValueError as exc:  # DataValidationError, SchemaError: one line, no traceback
+        with spark_stage(spark, "timeline"):
+            summary = run_timeline(spark, config)
+    except (ValueError, SparkJobError) as exc:  # a data rule, a schema, a Spark failure: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -12,8 +12,15 @@ SPLITS = ("train", "eval")
 
 def training_table(config: PipelineConfig) -> dict[str, Any]:
     """Densify both timeline splits in the artifact's feature order; write them and `_manifest.json` atomically."""
+    from preprocessing.spark import get_spark, spark_stage
+
+    spark = get_spark(config.spark)
+    with spark_stage(spark, "training_table"):
+        return _write_tables(spark, config)
+
+
+def _write_tables(spark, config: PipelineConfig) -> dict[str, Any]:
     from preprocessing import io
-    from preprocessing.spark import get_spark
     from preprocessing.timeline_job import timeline_paths
     from preprocessing.training_table import (
         build_training_table,
@@ -25,7 +32,6 @@ def training_table(config: PipelineConfig) -> dict[str, Any]:
     from reagent_recsys.normalization import NormalizationArtifact
     from workflow.identify_normalization import normalization_path, text_sha256
 
-    spark = get_spark(config.spark)
     artifact_path = normalization_path(config)
     artifact = NormalizationArtifact.load(artifact_path)
     _, timeline_path = timeline_paths(config)
