@@ -181,6 +181,12 @@ class TimelineConfig(StrictModel):
     on_invalid: Literal["fail", "quarantine"] = Field(
         "fail", description="fail: stop on invalid rows; quarantine: write them to a rejects table and go on."
     )
+    quarantine: Literal["drop_episode", "cut_episode"] = Field(
+        "drop_episode", description="With on_invalid: quarantine, what happens to an episode with an invalid "
+        "row (never spliced around it): drop_episode drops it whole; cut_episode keeps its steps before the "
+        "first invalid one (the last multi_steps of them only as next states). Its other rows go to rejects "
+        "as quarantined_episode; the manifest counts both."
+    )
 
     @model_validator(mode="after")
     def _ds_range_ordered(self) -> TimelineConfig:
