@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -79,14 +81,61 @@ def write_json(spark, path: str, payload: Any) -> None:
     write_text(spark, path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def _owner() -> str:
+    """`<pid>@<host>`: who writes a temporary (the sweep deletes those of dead processes of this host)."""
+    return f"{os.getpid()}@{socket.gethostname().replace('-', '_')}"
+
+
+def _abandoned(name: str, prefix: str) -> bool:
+    """True for `<prefix><pid>@<host>-<id>` of a dead process on this host, or the old `<prefix><hex id>`."""
+    rest = name.removeprefix(prefix)
+    owner, _, _ = rest.partition("-")
+    if "@" not in owner:
+        return len(rest) == 12 and all(c in "0123456789abcdef" for c in rest)  # written before owners were named
+    pid, _, host = owner.partition("@")
+    if host != socket.gethostname().replace("-", "_") or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def sweep_temporaries(spark, final: str) -> list[str]:
+    """Clean up after killed writers of `final`: an abandoned `.name.old-*` (the previous output, renamed away
+    just before the swap) comes back when `final` is missing, else it is deleted; abandoned `.name.tmp-*`
+    (with Spark's `_temporary/` parts inside) are deleted. Returns what was deleted or restored."""
+    fs, hfinal = _jvm_path(spark, final)
+    parent, name = hfinal.getParent(), hfinal.getName()
+    if not fs.exists(parent):
+        return []
+    touched = []
+    children = sorted((status.getPath().getName(), status.getPath()) for status in fs.listStatus(parent))
+    for prefix in (f".{name}.old-", f".{name}.tmp-"):
+        for child, path in children:
+            if not (child.startswith(prefix) and _abandoned(child, prefix)):
+                continue
+            if prefix.endswith("old-") and not fs.exists(hfinal):
+                fs.rename(path, hfinal)
+            else:
+                fs.delete(path, True)
+            touched.append(path.toString())
+    return touched
+
+
 @contextlib.contextmanager
 def atomic_output(spark, final: str) -> Iterator[str]:
     """Yield a temporary sibling of `final` to write into; on success it replaces `final` by renames, on error it
-    is deleted and `final` is left as it was."""
+    is deleted and `final` is left as it was. Temporaries of killed writers are swept first."""
     fs, hfinal = _jvm_path(spark, final)
     parent, name = hfinal.getParent(), hfinal.getName()
-    fs.mkdirs(parent)
-    tmp = f"{parent.toString()}/.{name}.tmp-{uuid.uuid4().hex[:12]}"
+    if not fs.mkdirs(parent) and not fs.exists(parent):
+        raise OSError(f"cannot create directory {parent.toString()} (read-only or no permission?)")
+    sweep_temporaries(spark, final)
+    tmp = f"{parent.toString()}/.{name}.tmp-{_owner()}-{uuid.uuid4().hex[:12]}"
     try:
         yield tmp
     except BaseException:
@@ -95,7 +144,7 @@ def atomic_output(spark, final: str) -> Iterator[str]:
         raise
     final_uri = hfinal.toString()
     if fs.exists(hfinal):
-        trash = f"{parent.toString()}/.{name}.old-{uuid.uuid4().hex[:12]}"
+        trash = f"{parent.toString()}/.{name}.old-{_owner()}-{uuid.uuid4().hex[:12]}"
         rename(spark, final_uri, trash)
         rename(spark, tmp, final_uri)
         delete(spark, trash)

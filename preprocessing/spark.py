@@ -1,14 +1,26 @@
-"""The one place a SparkSession is built (job shells and tests call this; pure functions never do)."""
+"""The one place a SparkSession is built (job shells and tests call this; pure functions never do), and the
+wrapper the Spark stages run in (`spark_stage`: progress on stderr, one-line errors)."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import shutil
+import socket
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+from preprocessing.spark_errors import SparkJobError, describe_spark_error
+from preprocessing.spark_progress import ProgressReporter
 from reagent_recsys.config import SparkConfig
 
 LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
+LOCAL_DIR_PREFIX = "reagent_recsys-spark-"
+
+__all__ = ["SparkJobError", "describe_spark_error", "get_spark", "spark_stage"]
 
 
 def spark_environment() -> None:
@@ -16,6 +28,35 @@ def spark_environment() -> None:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def local_scratch_dir(root: str | None = None) -> Path:
+    """This process's scratch directory for a local Spark (spark.local.dir and the JVM's java.io.tmpdir:
+    blockmgr-*, spark-*, pyspark-*), `<tmp>/reagent_recsys-spark-<host>-<pid>`.
+
+    A JVM killed with SIGKILL never deletes its blockmgr-*/spark-* directories; the scratch directories of
+    processes of this host that are gone are deleted here, and this one at exit.
+    """
+    base = Path(root or tempfile.gettempdir())
+    host = socket.gethostname().replace("-", "_")
+    for stale in base.glob(f"{LOCAL_DIR_PREFIX}{host}-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    mine = base / f"{LOCAL_DIR_PREFIX}{host}-{os.getpid()}"
+    mine.mkdir(parents=True, exist_ok=True)
+    atexit.register(shutil.rmtree, mine, ignore_errors=True)
+    return mine
 
 
 def get_spark(config: SparkConfig | None = None, master: str | None = None):
@@ -32,18 +73,25 @@ def get_spark(config: SparkConfig | None = None, master: str | None = None):
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ
     if master or not submitted:
         builder = builder.master(master or config.master)
+    java_options = f"-Dlog4j.configurationFile={LOG4J_CONFIG.as_uri()}"
+    scratch = {}
+    if not submitted and (master or config.master).startswith("local") and "spark.local.dir" not in config.conf:
+        local_dir = local_scratch_dir()
+        scratch = {"spark.local.dir": str(local_dir)}
+        java_options += f" -Djava.io.tmpdir={local_dir}"
     settings = {
         "spark.sql.shuffle.partitions": str(config.shuffle_partitions),
         "spark.driver.memory": config.driver_memory,
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.enabled": "false",
-        "spark.ui.showConsoleProgress": "false",
+        "spark.ui.showConsoleProgress": "false",  # spark_stage reports progress instead
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         # Trap: the JVM never JIT-compiles a method over 8000 bytes of bytecode, and whole-stage codegen fuses a
         # wide projection (the dense training table: ~130 expressions) into one such method, which then runs
         # interpreted: measured 32 -> 5 CPU-s per million rows. With this limit Spark splits such stages.
         "spark.sql.codegen.hugeMethodLimit": "8000",
-        "spark.driver.extraJavaOptions": f"-Dlog4j.configurationFile={LOG4J_CONFIG.as_uri()}",
+        "spark.driver.extraJavaOptions": java_options,
+        **scratch,
         **config.conf,
     }
     for key, value in settings.items():
@@ -51,3 +99,21 @@ def get_spark(config: SparkConfig | None = None, master: str | None = None):
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+@contextlib.contextmanager
+def spark_stage(spark, name: str, interval: float = 5.0) -> Iterator[None]:
+    """Run a Spark stage's body with progress lines on stderr (`name: spark stage 3: 5/8 tasks ...` every
+    `interval` s while Spark works, a heartbeat while the driver works) and one-line errors: a Py4J/Spark
+    failure becomes SparkJobError("name: <root cause> (path)"), the original chained as its __cause__."""
+    reporter = ProgressReporter(spark, name, interval)
+    reporter.start()
+    try:
+        yield
+    except Exception as exc:
+        line = describe_spark_error(exc)
+        if line is None:
+            raise
+        raise SparkJobError(f"{name}: {line}") from exc
+    finally:
+        reporter.stop()

@@ -7,8 +7,12 @@ and ordered by sequence_number, so Spark shuffles the table once per pass and ru
 Order of the steps (what the counts in the manifest mean):
   1. `filter_ds`: the ds range is a read filter; rows outside it are never counted.
   2. `annotate_reasons`: each row gets the first validation rule it breaks (`reason`, null when valid).
-  3. the outlier filter drops whole episodes longer than the percentile of valid episode lengths;
-  4. transitions are built on the remaining valid rows of each episode, then the time window drops steps with
+  3. `mark_quarantine` (timeline.on_invalid: quarantine): an episode with an invalid row is never spliced around
+     it: `drop_episode` drops the whole episode, `cut_episode` keeps its valid steps before the first invalid
+     one; the last `multi_steps` of those (whose transitions would need the invalid step) are then only next
+     states ("quarantine_cut_tail"). Other valid rows of such an episode are "quarantined_episode".
+  4. the outlier filter drops whole episodes longer than the percentile of kept episode lengths;
+  5. transitions are built on the kept rows of each episode, then the time window drops steps with
      time_since_first >= time_window (a kept step keeps its real next state: a window cut is not a terminal).
 """
 
@@ -42,7 +46,9 @@ RULES: tuple[Rule, ...] = (
     Rule("action_probability_out_of_range", "action_probability", "is null, NaN or outside (0, 1]"),
     Rule("action_not_possible", "action", "is not in possible_actions"),
 )
-FILTERS = ("outlier_episode_length", "time_window")
+QUARANTINED = "quarantined_episode"  # valid rows dropped with (or cut from) an episode that has an invalid row
+FILTERS = (QUARANTINED, "outlier_episode_length", "quarantine_cut_tail", "time_window")
+QUARANTINE_MODES = ("drop_episode", "cut_episode")
 _REQUIRED = ("mdp_id", "sequence_number", "state_features", "action", "possible_actions", "metrics")
 
 
@@ -99,6 +105,28 @@ def annotate_reasons(df):
     )
 
 
+def mark_quarantine(annotated, mode: str = "drop_episode"):
+    """Add `_kept` (the row goes into transitions) and `_cut` (its episode was cut short at an invalid row).
+
+    drop_episode: an episode with any invalid row keeps nothing; cut_episode: it keeps its valid rows before its
+    first invalid one (a row without a sequence number cuts at the start). Never a splice: no transition spans
+    a removed row.
+    """
+    from pyspark.sql import functions as F
+
+    if mode not in QUARANTINE_MODES:
+        raise ValueError(f"timeline.quarantine: expected one of {QUARANTINE_MODES}, got {mode!r}")
+    seq, bad = F.col("sequence_number"), F.col(REASON).isNotNull()
+    first_bad = F.min(F.when(bad, F.coalesce(seq, F.lit(-(2**63)).cast("long")))).over(_episode_window(False))
+    marked = annotated.withColumn("_first_bad", first_bad)
+    clean = F.col("_first_bad").isNull()
+    before_cut = clean | (seq < F.col("_first_bad")) if mode == "cut_episode" else clean
+    return (marked.withColumn("_kept", F.col(REASON).isNull() & before_cut)
+            .withColumn("_cut", F.lit(mode == "cut_episode") & ~clean)
+            .withColumn("_bad_episode", ~clean)
+            .drop("_first_bad"))
+
+
 def split_column(eval_fraction: float):
     """'eval' or 'train' from a stable hash of mdp_id (Spark's xxhash64, fixed seed): whole episodes, same way
     every run, on every cluster."""
@@ -109,32 +137,40 @@ def split_column(eval_fraction: float):
     return F.when(bucket < F.lit(cut), F.lit("eval")).otherwise(F.lit("train"))
 
 
-def episode_histogram(annotated, eval_fraction: float, time_window: int | None):
-    """Per (split, valid episode length): episodes, rows per reason, valid rows and rows past the time window.
+def episode_histogram(marked, eval_fraction: float, time_window: int | None, multi_steps: int = 1):
+    """Per (split, kept episode length): episodes, rows per reason and per drop, from `mark_quarantine`'s output.
 
     A small table (distinct lengths x 2) from which the driver derives the outlier threshold and every count of
-    the manifest without another pass over the data.
+    the manifest without another pass over the data. `tail`: the last min(n, length) kept rows of a cut
+    episode; `late_out`: rows past the time window that are not in that tail (both are suffixes of the kept rows).
     """
     from pyspark.sql import functions as F
 
-    valid = F.col(REASON).isNull()
-    first_valid = F.min(F.when(valid, F.col("sequence_number"))).over(_episode_window(ordered=False))
+    kept = F.col("_kept")
+    first_kept = F.min(F.when(kept, F.col("sequence_number"))).over(_episode_window(ordered=False))
     late = F.lit(False) if time_window is None else (
-        F.col("sequence_number") - F.col("_first_valid") >= F.lit(time_window)
+        F.col("sequence_number") - F.col("_first_kept") >= F.lit(time_window)
     )
     per_episode = (
-        annotated.select("mdp_id", "sequence_number", REASON)
-        .withColumn("_first_valid", first_valid)
+        marked.select("mdp_id", "sequence_number", REASON, "_kept", "_cut", "_bad_episode")
+        .withColumn("_first_kept", first_kept)
         .groupBy("mdp_id")
         .agg(
             F.count(F.lit(1)).alias("rows"),
-            F.count(F.when(valid, 1)).alias("length"),
-            F.count(F.when(valid & late, 1)).alias("late"),
+            F.count(F.when(kept, 1)).alias("length"),
+            F.count(F.when(kept & late, 1)).alias("late"),
+            F.count(F.when(F.col(REASON).isNull() & ~kept, 1)).alias(QUARANTINED),
+            F.max(F.col("_cut").cast("int")).alias("cut"),
+            F.max(F.col("_bad_episode").cast("int")).alias("bad_episode"),
             *[F.count(F.when(F.col(REASON) == r.name, 1)).alias(r.name) for r in RULES],
         )
+        .withColumn("tail", F.when(F.col("cut") == 1, F.least(F.lit(multi_steps), F.col("length"))).otherwise(0))
+        .withColumn("late_out", F.greatest(F.col("late") - F.col("tail"), F.lit(0)))
+        .withColumn("has_rows", (F.col("length") - F.col("tail") - F.col("late_out") > 0).cast("int"))
         .withColumn(SPLIT, split_column(eval_fraction))
     )
-    sums = [F.sum(c).alias(c) for c in ("rows", "late", *(r.name for r in RULES))]
+    sums = [F.sum(c).alias(c) for c in ("rows", "late_out", "tail", "has_rows", "bad_episode", QUARANTINED,
+                                        *(r.name for r in RULES))]
     return per_episode.groupBy(SPLIT, "length").agg(F.count(F.lit(1)).alias("episodes"), *sums)
 
 
@@ -153,7 +189,7 @@ def build_timeline(
     max_episode_length: float | None = None,
     time_window: int | None = None,
 ):
-    """Valid mdp rows -> the TIMELINE columns plus `split`.
+    """Valid mdp rows (with `_cut` from `mark_quarantine` if quarantining) -> the TIMELINE columns plus `split`.
 
     Step t of an episode of length L pairs with step t + n (n = multi_steps): n_step_reward sums
     gamma^k reward_{t+k} over k < n_steps = min(n, L - t); when t + n is past the end the transition is terminal
@@ -169,8 +205,10 @@ def build_timeline(
     ordered = _episode_window()
     whole = ordered.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
     seq = F.col("sequence_number")
+    cut = ["_cut"] if "_cut" in valid.columns else []
     staged = valid.select(
         *MDP.names,
+        *cut,
         F.count(F.lit(1)).over(whole).alias("_length"),
         F.first(seq).over(whole).alias("_first_seq"),
         F.row_number().over(ordered).cast("long").alias("sequence_number_ordinal"),
@@ -183,6 +221,8 @@ def build_timeline(
     )
     if max_episode_length is not None:
         staged = staged.where(F.col("_length") <= F.lit(max_episode_length))
+    if cut:  # a cut episode's last steps would reach the quarantined step: they are next states only
+        staged = staged.where(~(F.col("_cut") & F.col("_next_seq").isNull()))
     if n == 1:
         n_step_reward = F.col("_rewards")
     else:  # ((0 + r_t) + g r_{t+1}) + g^2 r_{t+2} ...
@@ -216,6 +256,15 @@ def build_timeline(
     return out
 
 
+def _null_columns(annotated) -> list[tuple[str, int]]:
+    """(column, rows) for each required column that is null in rows flagged null_required."""
+    from pyspark.sql import functions as F
+
+    flagged = annotated.where(F.col(REASON) == RULES[0].name)
+    counts = flagged.agg(*[F.count(F.when(F.col(c).isNull(), 1)).alias(c) for c in _REQUIRED]).first()
+    return [(c, int(counts[c])) for c in _REQUIRED if counts[c]]
+
+
 def describe_invalid(annotated, counts: dict[str, int], max_examples: int = 5) -> str:
     """One line: for each broken rule its name, column, row count and up to `max_examples` example rows."""
     from pyspark.sql import functions as F
@@ -226,6 +275,11 @@ def describe_invalid(annotated, counts: dict[str, int], max_examples: int = 5) -
         if not count:
             continue
         shown = ["mdp_id", "sequence_number"]
+        column = f"column {rule.column}"
+        if rule.name == "null_required":  # name the null column(s), with their counts
+            nulls = _null_columns(annotated)
+            column = "column " + ", ".join(f"{c} ({n} rows)" if len(nulls) > 1 else c for c, n in nulls)
+            shown += [c for c, _ in nulls if c not in shown]
         if rule.column in MDP.names and rule.column not in shown:
             shown.append(rule.column)
         if rule.name == "action_not_possible":
@@ -238,8 +292,17 @@ def describe_invalid(annotated, counts: dict[str, int], max_examples: int = 5) -
             .collect()
         )
         examples = ", ".join("(" + " ".join(f"{k}={row[k]!r}" for k in shown) + ")" for row in rows)
-        parts.append(f"rule {rule.name}: column {rule.column} {rule.broken} in {count} rows, e.g. {examples}")
+        parts.append(f"rule {rule.name}: {column} {rule.broken} in {count} rows, e.g. {examples}")
     return "; ".join(parts)
+
+
+def quarantined_episodes(marked, limit: int = 10) -> list[str]:
+    """The first `limit` mdp_ids (sorted) of episodes with an invalid row, for the manifest."""
+    from pyspark.sql import functions as F
+
+    rows = (marked.where(F.col("_bad_episode") & F.col("mdp_id").isNotNull()).select("mdp_id").distinct()
+            .orderBy("mdp_id").limit(limit).collect())
+    return [str(r.mdp_id) for r in rows]
 
 
 def length_threshold(histogram: list[dict], percentile: float | None) -> float | None:
@@ -256,7 +319,7 @@ def length_threshold(histogram: list[dict], percentile: float | None) -> float |
 
 
 def split_counts(histogram: list[dict], threshold: float | None) -> dict[str, dict]:
-    """Per split: rows in, rows out and rows dropped per reason (validation rules, then the filters).
+    """Per split: rows in, rows out and rows dropped per reason (validation rules, quarantine, then the filters).
 
     rows_in == rows_out + sum(dropped) holds by construction; the job checks rows_out against what it wrote.
     """
@@ -266,14 +329,17 @@ def split_counts(histogram: list[dict], threshold: float | None) -> dict[str, di
         outlier = [h for h in part if threshold is not None and h["length"] > threshold]
         kept = [h for h in part if not (threshold is not None and h["length"] > threshold)]
         dropped = {r.name: sum(h[r.name] for h in part) for r in RULES}
+        dropped[QUARANTINED] = sum(h[QUARANTINED] for h in part)
         dropped["outlier_episode_length"] = sum(h["length"] * h["episodes"] for h in outlier)
-        dropped["time_window"] = sum(h["late"] for h in kept)
+        dropped["quarantine_cut_tail"] = sum(h["tail"] for h in kept)
+        dropped["time_window"] = sum(h["late_out"] for h in kept)
         rows_in = sum(h["rows"] for h in part)
         result[split] = {
             "rows_in": rows_in,
             "rows_out": rows_in - sum(dropped.values()),
             "rows_dropped": dropped,
             "episodes_in": sum(h["episodes"] for h in part),
-            "episodes_out": sum(h["episodes"] for h in kept if h["length"] > 0),
+            "episodes_out": sum(h["has_rows"] for h in kept),
+            "episodes_quarantined": sum(h["bad_episode"] for h in part),
         }
     return result

@@ -23,6 +23,7 @@ if __name__ == "__main__" and str(ROOT) not in sys.path:  # spark-submit runs th
 from preprocessing import io  # noqa: E402
 from preprocessing.timeline import (  # noqa: E402
     FILTERS,
+    QUARANTINED,
     REASON,
     RULES,
     SPLIT,
@@ -34,6 +35,8 @@ from preprocessing.timeline import (  # noqa: E402
     episode_histogram,
     filter_ds,
     length_threshold,
+    mark_quarantine,
+    quarantined_episodes,
     split_counts,
 )
 from reagent_recsys.artifacts import package_versions  # noqa: E402
@@ -71,6 +74,19 @@ def _write_splits(spark, timeline, out: str) -> None:
     io.delete(spark, parts)
 
 
+def _quarantine_summary(mode: str, marked, counts: dict, dropped: dict) -> dict[str, Any]:
+    """Which episodes were quarantined and how many rows each way (timeline.on_invalid: quarantine)."""
+    episodes = sum(counts[s]["episodes_quarantined"] for s in SPLITS)
+    return {
+        "mode": mode,
+        "episodes": episodes,
+        "example_mdp_ids": quarantined_episodes(marked),
+        "rows_invalid": sum(dropped[r.name] for r in RULES),
+        "rows_dropped_with_episode": dropped[QUARANTINED],
+        "rows_cut_tail": dropped["quarantine_cut_tail"],
+    }
+
+
 def write_manifest(spark, out: str, manifest: dict[str, Any]) -> None:
     io.write_json(spark, f"{out}/{MANIFEST_FILE}", manifest)
 
@@ -89,8 +105,10 @@ def run_timeline(spark, config: PipelineConfig) -> dict[str, Any]:
     raw = io.read_parquet_table(spark, input_uri)
     MDP.check_spark(raw.schema)
     annotated = annotate_reasons(filter_ds(raw.select(*MDP.names), tl.ds_start, tl.ds_end))
+    marked = mark_quarantine(annotated, tl.quarantine)
 
-    histogram = [row.asDict() for row in episode_histogram(annotated, tl.eval_fraction, tl.time_window).collect()]
+    histogram = [row.asDict() for row in episode_histogram(
+        marked, tl.eval_fraction, tl.time_window, tl.multi_steps).collect()]
     rows_in = sum(h["rows"] for h in histogram)
     if rows_in == 0:
         bounds = f" within ds [{tl.ds_start or '-inf'}, {tl.ds_end or '+inf'}]" if tl.ds_start or tl.ds_end else ""
@@ -104,7 +122,7 @@ def run_timeline(spark, config: PipelineConfig) -> dict[str, Any]:
     threshold = length_threshold(histogram, tl.outlier_episode_length_percentile)
     counts = split_counts(histogram, threshold)
 
-    valid = annotated.where(F.col(REASON).isNull()).drop(REASON)
+    valid = marked.where(F.col("_kept")).select(*MDP.names, "_cut")
     timeline = build_timeline(
         valid,
         multi_steps=tl.multi_steps,
@@ -115,8 +133,9 @@ def run_timeline(spark, config: PipelineConfig) -> dict[str, Any]:
     )
     with io.atomic_output(spark, output_uri) as out:
         _write_splits(spark, timeline, out)
-        if tl.on_invalid == "quarantine":
-            annotated.where(F.col(REASON).isNotNull()).write.parquet(f"{out}/rejects")
+        if tl.on_invalid == "quarantine":  # every row not in a transition: invalid, or dropped with its episode
+            marked.where(~F.col("_kept")).withColumn(REASON, F.coalesce(F.col(REASON), F.lit(QUARANTINED))).drop(
+                "_kept", "_cut", "_bad_episode").write.parquet(f"{out}/rejects")
         for split in SPLITS:  # the counts were derived from the histogram; check them against what was written
             written = spark.read.parquet(f"{out}/{split}").count()
             if written != counts[split]["rows_out"]:
@@ -135,25 +154,32 @@ def run_timeline(spark, config: PipelineConfig) -> dict[str, Any]:
             "rows_out": {s: counts[s]["rows_out"] for s in SPLITS},
             "rows_dropped": dropped,
             "splits": counts,
+            "quarantine": _quarantine_summary(tl.quarantine, marked, counts, dropped) if any(invalid.values())
+            else None,
             "package_versions": package_versions(),
         }
         write_manifest(spark, out, manifest)
     for reason, n in dropped.items():
         if n:
             logger.warning("timeline: dropped %d of %d rows (%s)", n, rows_in, reason)
+    if manifest["quarantine"]:
+        q = manifest["quarantine"]
+        logger.warning("timeline: quarantined %d episodes (%s; e.g. %s): rows in timeline/rejects",
+                       q["episodes"], q["mode"], q["example_mdp_ids"][:3])
     return {
         "output": output_uri,
         "rows_in": rows_in,
         "rows_out": manifest["rows_out"],
         "rows_dropped": {k: v for k, v in dropped.items() if v},
         "outlier_episode_length_threshold": threshold,
+        **({"quarantined_episodes": manifest["quarantine"]["episodes"]} if manifest["quarantine"] else {}),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from preprocessing.spark import get_spark
+    from preprocessing.spark import SparkJobError, get_spark, spark_stage
     from reagent_recsys.config import ConfigError, load_config
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -171,8 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spark = get_spark(config.spark, master=args.master)
     try:
-        summary = run_timeline(spark, config)
-    except ValueError as exc:  # DataValidationError, SchemaError: one line, no traceback
+        with spark_stage(spark, "timeline"):
+            summary = run_timeline(spark, config)
+    except (ValueError, SparkJobError) as exc:  # a data rule, a schema, a Spark failure: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:

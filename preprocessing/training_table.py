@@ -109,3 +109,32 @@ def build_training_table(timeline, feature_ids: list[int], action_names: list[st
     table = timeline.select(*[columns[name].alias(name) for name in TRAINING.names])
     TRAINING.check_spark(table.schema, allow_extra=False)
     return table
+
+
+def by_key_range(table, num_files: int):
+    """`table` in `num_files` partitions of contiguous mdp_key ranges, sorted by (mdp_key, sequence_number):
+    written out, file i holds the i-th range. The same rows give the same files whatever ran before.
+
+    Trap: `repartitionByRange` samples its bounds with a seed derived from the RDD id, which depends on what ran
+    earlier in the session; the same rows then split differently (and train to different weights). Here the
+    range of a row is a fixed function of mdp_key (a uniform 64-bit hash), and each range goes to its own
+    partition through Spark's hash partitioning (Murmur3, seed 42: `F.hash`) of a stand-in value chosen so that
+    range i hashes to partition i.
+    """
+    from pyspark.sql import functions as F
+
+    n = int(num_files)
+    probes = table.sparkSession.range(0, 64 * n).select(
+        "id", F.pmod(F.hash("id"), F.lit(n)).alias("p")).collect()
+    stand_in: dict[int, int] = {}
+    for row in probes:
+        stand_in.setdefault(int(row.p), int(row.id))
+    if len(stand_in) < n:  # 64 n probes miss a residue with probability ~n e^-64
+        raise RuntimeError(f"by_key_range: found no stand-in value for {n - len(stand_in)} of {n} partitions")
+    # range = floor((key + 2^63) * n / 2^64), clamped: contiguous, equally likely key ranges
+    fraction = (F.col("mdp_key").cast("double") / F.lit(2.0**64)) + F.lit(0.5)
+    bucket = F.least(F.greatest(F.floor(fraction * F.lit(n)), F.lit(0)), F.lit(n - 1)).cast("int")
+    values = F.array(*[F.lit(stand_in[i]).cast("long") for i in range(n)])
+    keyed = table.withColumn("_partition", F.element_at(values, bucket + 1))
+    return (keyed.repartition(n, "_partition").sortWithinPartitions("mdp_key", "sequence_number")
+            .drop("_partition"))

@@ -36,15 +36,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def remove_stale_temporaries(final: Path) -> None:
-    """Delete `.name.tmp-<pid>-*` siblings left by writers that were killed (their process is gone)."""
-    for tmp in final.parent.glob(f".{final.name}.tmp-*"):
-        pid = tmp.name.removeprefix(f".{final.name}.tmp-").split("-")[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            if tmp.is_dir():
-                shutil.rmtree(tmp, ignore_errors=True)
+    """Clean up after writers of `final` that were killed (their process is gone): `.name.tmp-<pid>-*` are
+    deleted; `.name.old-<pid>-*` (the previous output, renamed away just before the swap) comes back when
+    `final` is missing, else it is deleted."""
+    for kind in ("old", "tmp"):
+        for path in sorted(final.parent.glob(f".{final.name}.{kind}-*")):
+            pid = path.name.removeprefix(f".{final.name}.{kind}-").split("-")[0]
+            if not pid.isdigit() or _pid_alive(int(pid)):
+                continue
+            if kind == "old" and not final.exists():
+                path.rename(final)
             else:
-                tmp.unlink(missing_ok=True)
+                _remove(path)
 
 
 @contextlib.contextmanager
@@ -64,7 +75,7 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if final.exists():
-        trash = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        trash = final.parent / f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         final.rename(trash)
         tmp.rename(final)
         shutil.rmtree(trash, ignore_errors=True)
@@ -73,11 +84,17 @@ def atomic_directory(final: str | Path) -> Iterator[Path]:
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> None:
+    """Write JSON through a temporary sibling (removed on failure; those of killed writers are swept first)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_manifest(table_dir: str | Path) -> dict[str, Any]:

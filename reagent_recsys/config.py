@@ -14,15 +14,60 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the dotted field."""
 
 
+class _Boolean:
+    """Stands in for a boolean given to a field that takes no booleans, so that the field's own type check fails
+    at the right dotted location (pydantic would otherwise read `epochs: true` as 1)."""
+
+    def __init__(self, value: bool) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def _admits_bool(annotation: Any) -> bool:
+    """True when `bool` appears anywhere in a field's annotation (Optional, Union, list, Annotated...)."""
+    from typing import get_args
+
+    return annotation is bool or any(_admits_bool(arg) for arg in get_args(annotation))
+
+
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """No unknown keys; a boolean is not a number (`epochs: true` is an error, not 1); numbers must be finite
+    (no .inf or .nan). Text such as `1e-4` (YAML 1.1 reads it as a string) still parses as a number."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        fixed = dict(data)
+        for name, value in data.items():
+            field = cls.model_fields.get(name) if isinstance(name, str) else None
+            if field is None or _admits_bool(field.annotation):
+                continue
+            if isinstance(value, bool):
+                fixed[name] = _Boolean(value)
+            elif isinstance(value, list) and any(isinstance(v, bool) for v in value):
+                fixed[name] = [_Boolean(v) if isinstance(v, bool) else v for v in value]
+        return fixed
 
 
 # --------------------------------------------------------------------------------------------- env
@@ -42,7 +87,8 @@ class EnvConfig(StrictModel):
     )
     recsim_plugins: list[str] = Field(
         default_factory=list,
-        description="Modules imported before a recsim env is built, so they can register their own factories.",
+        description="Modules imported before a recsim env is built, so they can register their own factories "
+        "(dotted Python module names; importing runs their code: a config is trusted like code).",
     )
     memory_discount: float | None = Field(None, ge=0, lt=1, description="NPE memory discount (recsim: 0.7).")
     sensitivity: float | None = Field(None, gt=0, description="Satisfaction = sigmoid(sensitivity * NPE).")
@@ -68,6 +114,17 @@ class EnvConfig(StrictModel):
     observe_satisfaction: bool | None = Field(None, description="Satisfaction is a user feature (else latent).")
     observe_response: bool | None = Field(None, description="The last response (click, engagement) is observed.")
     observe_time: bool | None = Field(None, description="Observe the time feature t/T - 0.5.")
+
+    @field_validator("recsim_plugins")
+    @classmethod
+    def _dotted_module_names(cls, names: list[str]) -> list[str]:
+        import keyword
+
+        for name in names:
+            parts = name.split(".")
+            if not all(p.isidentifier() and not keyword.iskeyword(p) for p in parts):
+                raise ValueError(f"{name!r} is not a dotted Python module name (like my_pkg.my_envs)")
+        return names
 
     @model_validator(mode="after")
     def _slate_fits(self) -> EnvConfig:
@@ -182,6 +239,12 @@ class TimelineConfig(StrictModel):
     on_invalid: Literal["fail", "quarantine"] = Field(
         "fail", description="fail: stop on invalid rows; quarantine: write them to a rejects table and go on."
     )
+    quarantine: Literal["drop_episode", "cut_episode"] = Field(
+        "drop_episode", description="With on_invalid: quarantine, what happens to an episode with an invalid "
+        "row (never spliced around it): drop_episode drops it whole; cut_episode keeps its steps before the "
+        "first invalid one (the last multi_steps of them only as next states). Its other rows go to rejects "
+        "as quarantined_episode; the manifest counts both."
+    )
 
     @model_validator(mode="after")
     def _ds_range_ordered(self) -> TimelineConfig:
@@ -265,6 +328,11 @@ class TrainingConfig(StrictModel):
     )
     torch_threads: int | None = Field(
         None, gt=0, description="torch intra-op threads for training (null: torch's default; 1 on busy machines)."
+    )
+    num_processes: int = Field(
+        1, gt=0, le=256, description="Data-parallel training processes: above 1, workflow.train (and so "
+        "end_to_end) launches them itself with torchrun on this machine (gloo on CPU, nccl on GPUs); each reads "
+        "its own row groups, so training_table.num_files should be at least this."
     )
 
 
@@ -353,6 +421,13 @@ class PipelineConfig(StrictModel):
         "also accept a Hadoop-compatible URI here (hdfs://, s3a://, ...)."
     )
     _output_uri: str = PrivateAttr("")
+
+    @field_validator("output_dir", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise ValueError("must not be empty (an empty path would write into the current directory)")
+        return value
 
     @model_validator(mode="wrap")
     @classmethod
@@ -529,6 +604,10 @@ def format_validation_error(error: ValidationError) -> str:
         value = err.get("input")
         shown = "" if err["type"] == "missing" or not loc else f" (got {value!r})"
         message = err["msg"].removeprefix("Value error, ")
+        if isinstance(value, _Boolean):
+            message = "expected a number or text, got a boolean"
+        elif err["type"] == "finite_number":
+            message = "must be a finite number"
         lines.append(f"{path}: {message}{shown}" if path else message)
     return "\n".join(lines)
 
@@ -554,19 +633,39 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    origins: dict[str, str] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected dotted.key=value")
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
-    return validate_config(data, source=str(path))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = " ".join(str(exc).split())
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML ({problem}); quote text values, "
+                              f"e.g. --set '{key.strip()}=\"...\"'") from None
+        _set_dotted(data, key.strip(), value)
+        origins[key.strip()] = item
+    return validate_config(data, source=str(path), origins=origins)
 
 
-def validate_config(data: dict[str, Any], source: str = "<config>") -> PipelineConfig:
+def _blame(line: str, origins: dict[str, str]) -> str:
+    """Append `(from --set key=value)` to an error line whose field a --set wrote (or lies under)."""
+    path = line.split(":", 1)[0]
+    for key, item in origins.items():
+        if path == key or path.startswith((f"{key}.", f"{key}[")) or key.startswith(f"{path}."):
+            return f"{line} (from --set {item})"
+    return line
+
+
+def validate_config(data: dict[str, Any], source: str = "<config>",
+                    origins: dict[str, str] | None = None) -> PipelineConfig:
+    """Validate a config mapping; errors name the dotted field (and the --set that wrote it, via `origins`)."""
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: invalid config\n{format_validation_error(exc)}") from None
+        lines = [_blame(line, origins or {}) for line in format_validation_error(exc).split("\n")]
+        raise ConfigError(f"{source}: invalid config\n" + "\n".join(lines)) from None
 
 
 def describe_schema(model: type[BaseModel] = PipelineConfig, prefix: str = "") -> list[str]:

@@ -81,3 +81,28 @@ def test_output_uri_keeps_hadoop_uris_and_local_paths():
     assert local.output_uri("mdp") == "outputs/run/mdp"
     assert str(local.output_dir / "mdp") == "outputs/run/mdp"
     assert local.model_copy(update={"seed": 3}).output_uri("x") == "outputs/run/x"
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("training.epochs=true", r"training\.epochs: expected a number or text, got a boolean .*\(from --set training\.epochs=true\)"),
+    ("training.hidden_sizes=[64, false]", r"training\.hidden_sizes\[1\]: expected a number or text, got a boolean"),
+    ("output_dir=''", r"output_dir: must not be empty"),
+    ("output_dir=", r"output_dir: must not be empty"),
+    ("training.learning_rate=.inf", r"training\.learning_rate: must be a finite number \(got inf\)"),
+    ("timeline.gamma=.nan", r"timeline\.gamma: must be a finite number"),
+    ("training.epoch=3", r"training\.epoch: unknown key \(did you mean epochs\?\) \(from --set training\.epoch=3\)"),
+    ("training.epochs=[1", r"--set 'training\.epochs=\[1': the value is not valid YAML"),
+    ("env.recsim_plugins=['os; import x']", r"env\.recsim_plugins: 'os; import x' is not a dotted Python module"),
+])
+def test_strict_values_and_set_errors_name_the_field_and_the_set(tmp_path, override, expected):
+    """Issue 12.8: no bool as a number, no empty output_dir, finite floats; --set errors name the --set."""
+    path = write(tmp_path, "output_dir: out\nenv: {}\n")
+    with pytest.raises(ConfigError, match=expected):
+        load_config(path, [override])
+
+
+def test_booleans_stay_booleans_and_plugins_may_be_dotted(tmp_path):
+    path = write(tmp_path, "output_dir: out\nenv: {recsim_plugins: [my_pkg.envs]}\n")
+    config = load_config(path, ["training.dueling=false", "training.learning_rate=1e-4", "training.gamma=1"])
+    assert config.training.dueling is False and config.training.gamma == 1.0
+    assert config.env.recsim_plugins == ["my_pkg.envs"]

@@ -36,14 +36,20 @@ def normalization_path(config: PipelineConfig) -> str:
 
 def identify_normalization(config: PipelineConfig) -> dict[str, Any]:
     """Compute per-feature statistics of timeline/train, identify types and write normalization.json."""
-    from preprocessing import io
-    from preprocessing.normalization import compute_feature_statistics
-    from preprocessing.spark import get_spark
+    from preprocessing.spark import get_spark, spark_stage
     from preprocessing.timeline_job import timeline_paths
-    from reagent_recsys.normalization import identify_normalization as identify
 
     spark = get_spark(config.spark)
-    mdp_path, timeline_path = timeline_paths(config)
+    with spark_stage(spark, "identify_normalization"):
+        return _identify(spark, config, timeline_paths(config))
+
+
+def _identify(spark, config: PipelineConfig, paths: tuple[str, str]) -> dict[str, Any]:
+    from preprocessing import io
+    from preprocessing.normalization import compute_feature_statistics
+    from reagent_recsys.normalization import identify_normalization as identify
+
+    mdp_path, timeline_path = paths
     train = io.read_parquet_table(spark, io.qualify(spark, f"{timeline_path}/train"))
     TIMELINE.check_spark(train.schema)
     statistics = compute_feature_statistics(train, config.normalization, seed=config.seed)

@@ -12,15 +12,26 @@ SPLITS = ("train", "eval")
 
 def training_table(config: PipelineConfig) -> dict[str, Any]:
     """Densify both timeline splits in the artifact's feature order; write them and `_manifest.json` atomically."""
+    from preprocessing.spark import get_spark, spark_stage
+
+    spark = get_spark(config.spark)
+    with spark_stage(spark, "training_table"):
+        return _write_tables(spark, config)
+
+
+def _write_tables(spark, config: PipelineConfig) -> dict[str, Any]:
     from preprocessing import io
-    from preprocessing.spark import get_spark
     from preprocessing.timeline_job import timeline_paths
-    from preprocessing.training_table import build_training_table, check_actions, collect_action_names
+    from preprocessing.training_table import (
+        build_training_table,
+        by_key_range,
+        check_actions,
+        collect_action_names,
+    )
     from reagent_recsys.artifacts import package_versions
     from reagent_recsys.normalization import NormalizationArtifact
     from workflow.identify_normalization import normalization_path, text_sha256
 
-    spark = get_spark(config.spark)
     artifact_path = normalization_path(config)
     artifact = NormalizationArtifact.load(artifact_path)
     _, timeline_path = timeline_paths(config)
@@ -41,10 +52,9 @@ def training_table(config: PipelineConfig) -> dict[str, Any]:
     with io.atomic_output(spark, output) as tmp:
         for split, df in timelines.items():
             table = build_training_table(df, artifact.feature_ids, action_names)
-            # Sorted and range-partitioned: deterministic files (same seed, same weights downstream) and enough
+            # Sorted, in key ranges: the same files whatever ran before (same weights downstream), and enough
             # row groups for every process of a distributed training run to read its own shard.
-            ordered = table.repartitionByRange(config.training_table.num_files, "mdp_key", "sequence_number")
-            ordered.sortWithinPartitions("mdp_key", "sequence_number").write.parquet(f"{tmp}/{split}")
+            by_key_range(table, config.training_table.num_files).write.parquet(f"{tmp}/{split}")
             rows[split] = spark.read.parquet(f"{tmp}/{split}").count()
         manifest = {
             "table": TRAINING.name,

@@ -11,25 +11,26 @@ import hashlib
 import math
 import os
 import re
-import shutil
 import sys
-import types
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.dataset as ds
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from reagent_recsys.config import TrainingConfig
-from reagent_recsys.data.loaders import TableLoader
+from reagent_recsys.data.loaders import LoaderOptions, TableLoader, make_loader
 from reagent_recsys.evaluation.epoch_cpe import EpochCPE, EvalSplit
 from reagent_recsys.training.dqn import DQN, build_algorithm
 from reagent_recsys.training.networks import DQNModel, bcq_filter
+from reagent_recsys.training.tensorboard import TrainingLog, run_name
 
 CHECKPOINT_RE = re.compile(r"^epoch_(\d{4,})\.pt$")
 
@@ -57,11 +58,16 @@ class ModelSpec:
 
 # ------------------------------------------------------------------------------------------- checkpoints
 def save_atomic(payload: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary sibling, then rename: a killed process leaves the old file or the new one."""
+    """torch.save to a temporary sibling, then rename: a killed process leaves the old file or the new one; a
+    failed write (full disk) removes its temporary."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
@@ -71,15 +77,6 @@ def latest_checkpoint(directory: Path) -> Path | None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def summary_writer(log_dir: Path, purge_step: int):  # -> torch.utils.tensorboard.SummaryWriter
-    # tensorboard imports all of tensorflow (~5 s; recsim installs it) unless `tensorboard.compat.notf` exists,
-    # its switch to the bundled stub, which is all SummaryWriter needs.
-    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(log_dir), purge_step=purge_step)
 
 
 def weights_digest(module: nn.Module) -> str:
@@ -100,12 +97,15 @@ class Trainer:
     preprocessor: nn.Module
     spec: ModelSpec
     action_names: list[str]
-    out_dir: Path  # <output_dir>/training
+    work_dir: Path  # the run's (temporary) training directory: checkpoints/ go here
     seed: int = 0
     rank: int = 0
     world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    eval_table: Path | None = None  # split for the per-epoch CPE; None: <out_dir>/../training_table/eval
+    eval_table: Path | None = None  # split for the per-epoch eval TD loss and CPE; None: none
+    tensorboard_root: Path | None = None  # training/tensorboard; the run gets its own subdirectory
+    config_hash: str = ""  # names the TensorBoard run
+    hparams: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         torch.manual_seed(self.seed)
@@ -117,11 +117,13 @@ class Trainer:
             model = DistributedDataParallel(net, device_ids=[self.device] if self.device.type == "cuda" else None)
         self.preprocessor = self.preprocessor.to(self.device).eval().requires_grad_(False)
         self.algo: DQN = build_algorithm(model, self.preprocessor, self.config)
-        self.checkpoints = self.out_dir / "checkpoints"
+        self.checkpoints = self.work_dir / "checkpoints"
         self.epoch = 0  # completed epochs
         self.step = 0  # completed updates
         self.rows_seen = 0
+        self.tensorboard_run = ""  # set by `resume` (kept across resumes) or at the start of `fit`
         self._cpe: EpochCPE | None = None
+        self._eval: TableLoader | None | bool = None  # False: no usable eval split
 
     @property
     def is_chief(self) -> bool:
@@ -131,7 +133,8 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "step": self.step, "rows_seen": self.rows_seen, "spec": self.spec.to_dict(),
                 "model": self.algo.net.state_dict(), "target": self.algo.target.state_dict(),
-                "optimizer": self.algo.optimizer.state_dict(), "torch_rng": torch.get_rng_state()}
+                "optimizer": self.algo.optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                "tensorboard_run": self.tensorboard_run}
 
     def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
         if state["spec"] != self.spec.to_dict():
@@ -142,19 +145,15 @@ class Trainer:
         self.algo.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         self.epoch, self.step, self.rows_seen = int(state["epoch"]), int(state["step"]), int(state["rows_seen"])
+        self.tensorboard_run = str(state.get("tensorboard_run", ""))
 
-    def resume_or_reset(self) -> Path | None:
-        """With training.resume, load the newest checkpoint; otherwise start clean (old checkpoints removed)."""
-        if self.config.resume:
-            path = latest_checkpoint(self.checkpoints)
-            if path is not None:
-                self.load_state_dict(load_checkpoint(path), path)
-            return path
-        if self.is_chief:
-            for stale in (self.checkpoints, self.out_dir / "tensorboard"):
-                shutil.rmtree(stale, ignore_errors=True)
-        self._barrier()
-        return None
+    def resume(self) -> Path | None:
+        """With training.resume, load the newest checkpoint of `work_dir` (the caller put the ones to resume from
+        there); otherwise, or when there is none, start from scratch."""
+        path = latest_checkpoint(self.checkpoints) if self.config.resume else None
+        if path is not None:
+            self.load_state_dict(load_checkpoint(path), path)
+        return path
 
     def save_checkpoint(self) -> None:
         if not self.is_chief:
@@ -166,10 +165,6 @@ class Trainer:
                 old.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------------------------ loop
-    def _barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
-
     def _all_have(self, has_batch: bool) -> bool:
         """DDP needs every replica to step together: stop the epoch as soon as one shard runs dry."""
         if self.world_size == 1:
@@ -181,11 +176,17 @@ class Trainer:
     def _done(self) -> bool:
         return self.config.max_steps is not None and self.step >= self.config.max_steps
 
+    def _log(self) -> TrainingLog | None:
+        if not self.is_chief or self.tensorboard_root is None:
+            return None
+        self.tensorboard_run = self.tensorboard_run or run_name(self.tensorboard_root, self.config_hash)
+        return TrainingLog(self.tensorboard_root / self.tensorboard_run, self.step, self.hparams, self.action_names)
+
     def fit(self, loader: TableLoader) -> dict[str, Any]:
         """Train until `training.epochs` (or `training.max_steps`); return a summary."""
-        resumed_from = self.resume_or_reset()
+        resumed_from = self.resume()
         cfg, names = self.config, self.action_names
-        writer = summary_writer(self.out_dir / "tensorboard", self.step) if self.is_chief else None
+        log = self._log()
         per_epoch = math.ceil(loader.num_rows / cfg.batch_size)
         total = min(cfg.epochs * per_epoch, cfg.max_steps or sys.maxsize)
         bar = tqdm(total=total, initial=self.step, desc="train", unit="upd", file=sys.stderr,
@@ -195,6 +196,7 @@ class Trainer:
             model_counts = np.zeros(self.spec.num_actions, dtype=np.int64)
             logged_counts = np.zeros(self.spec.num_actions, dtype=np.int64)
             batches = iter(loader.epoch(self.epoch))
+            pending: dict[str, float] | None = None  # the newest statistics not yet written
             while not self._done():
                 batch = next(batches, None)
                 if not self._all_have(batch is not None):
@@ -206,39 +208,61 @@ class Trainer:
                 bar.update(1)
                 model_counts += np.bincount(stats["greedy_action"].cpu().numpy(), minlength=len(names))
                 logged_counts += np.bincount(batch.action.cpu().numpy(), minlength=len(names))
-                if writer is not None and self.step % cfg.log_every == 0:
-                    last = {k: float(v) for k, v in stats.items() if v.dim() == 0}
-                    for key, value in last.items():
-                        writer.add_scalar(f"train/{key}", value, self.step)
-                    writer.add_scalar("train/learning_rate", self.algo.optimizer.param_groups[0]["lr"], self.step)
+                if log is not None:
+                    pending = {k: float(v) for k, v in stats.items() if v.dim() == 0}
+                    if self.step % cfg.log_every == 0:
+                        log.train(pending, self.algo.optimizer.param_groups[0]["lr"], self.step)
+                        last, pending = pending, None
             self.epoch += 1
-            if writer is not None:
-                model_share = model_counts / max(model_counts.sum(), 1)
-                logged_share = logged_counts / max(logged_counts.sum(), 1)
-                for a, name in enumerate(names):
-                    writer.add_scalar(f"actions/model/{name}", model_share[a], self.step)
-                    writer.add_scalar(f"actions/logged/{name}", logged_share[a], self.step)
-                for key, value in self.epoch_cpe().items():
-                    writer.add_scalar(key, value, self.step)
-                writer.flush()
+            if log is not None:
+                if pending is not None:  # the epoch's last update, so runs shorter than log_every log too
+                    log.train(pending, self.algo.optimizer.param_groups[0]["lr"], self.step)
+                    last = pending
+                log.epoch(self.epoch, {**self.eval_td_loss(), **self.epoch_cpe()}, logged_counts, model_counts)
             self.save_checkpoint()
         bar.close()
-        if writer is not None:
-            writer.close()
+        if log is not None:
+            log.close()
         return {"epochs": self.epoch, "updates": self.step, "rows_seen_rank": self.rows_seen,
                 "resumed_from": str(resumed_from) if resumed_from else None, "last_logged": last,
-                "weights_sha256": weights_digest(self.algo.net)}
+                "tensorboard_run": self.tensorboard_run or None, "weights_sha256": weights_digest(self.algo.net)}
+
+    # ------------------------------------------------------------------------ per-epoch eval
+    def _eval_loader(self) -> TableLoader | None:
+        """The eval split's loader; None (said once on stderr) when there is no split or it is empty."""
+        if self._eval is None:
+            table = self.eval_table
+            rows = ds.dataset(table, format="parquet").count_rows() if table is not None and table.exists() else 0
+            if table is not None and table.exists() and rows == 0:
+                print(f"train: {table} has 0 rows (timeline.eval_fraction too small for the episodes?); no eval "
+                      "TD loss or per-epoch CPE", file=sys.stderr, flush=True)
+            self._eval = make_loader("arrow", table, LoaderOptions(
+                batch_size=8192, shuffle=False, shuffle_buffer=0, prefetch=0)) if rows else False
+        return self._eval or None
+
+    @torch.no_grad()
+    def eval_td_loss(self) -> dict[str, float]:
+        """`eval/td_loss`: the mean TD loss of the current network on the eval split (empty without one)."""
+        loader = self._eval_loader() if self.is_chief else None
+        if loader is None:
+            return {}
+        total, rows = 0.0, 0
+        for batch in loader.epoch(0):
+            batch = batch.to(self.device)
+            x = self.algo.features(batch.state, batch.state_presence)  # (B, D)
+            q_logged = self.algo.net(x)[0].gather(1, batch.action[:, None]).squeeze(1)  # (B,)
+            loss = (F.huber_loss if self.config.loss == "huber" else F.mse_loss)(
+                q_logged, self.algo.compute_target(batch), reduction="sum")
+            total, rows = total + float(loss), rows + len(batch)
+        return {"eval/td_loss": total / max(rows, 1)}
 
     @torch.no_grad()
     def epoch_cpe(self) -> dict[str, float]:
-        """`cpe/...` scalars of the current greedy policy on `eval_table` (empty when off or there is no split)."""
-        if not self.config.cpe_every_epoch or not self.is_chief:
+        """`cpe/...` scalars of the current greedy policy on the eval split (empty when off or there is none)."""
+        if not self.config.cpe_every_epoch or not self.is_chief or self._eval_loader() is None:
             return {}
         if self._cpe is None:
-            table = self.eval_table or self.out_dir.parent / "training_table" / "eval"
-            if not table.exists():
-                return {}
-            self._cpe = EpochCPE(EvalSplit.read(table), self.config.gamma, seed=self.seed)
+            self._cpe = EpochCPE(EvalSplit.read(self.eval_table), self.config.gamma, seed=self.seed)
         split, chunk = self._cpe.split, 65536
         outputs = [self.algo.net(self.algo.features(torch.from_numpy(split.state[i:i + chunk]).to(self.device),
                                                     torch.from_numpy(split.state_presence[i:i + chunk]).to(self.device)))

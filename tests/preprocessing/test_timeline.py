@@ -116,7 +116,7 @@ def test_manifest_balances_and_records_hashes(spark, tmp_path):
 
 
 BAD_ROWS = {
-    "null_required": (step("x", 1, state_features=None), "column mdp_id/sequence_number/state_features"),
+    "null_required": (step("x", 1, state_features=None), "column state_features is null"),
     "duplicate_step": (step("a", 1, reward=5.0), "column (mdp_id, sequence_number) appears more than once"),
     "non_finite_reward": (step("x", 1, reward=float("nan")), "column reward"),
     "action_probability_out_of_range": (step("x", 1, prob=1.5), "column action_probability"),
@@ -179,20 +179,58 @@ def test_quarantine_writes_rejects_with_reasons_and_counts_them(spark, tmp_path)
     rows[-1] = {**rows[-1], "mdp_id": "y"}  # keep the NaN/prob/action rows in distinct episodes
     rows[-2] = {**rows[-2], "mdp_id": "z"}
     rows[-3] = {**rows[-3], "mdp_id": "w"}
+    rows.append(step("ok", 1))
     summary, out = run(spark, tmp_path, rows, on_invalid="quarantine")
     rejects = spark.read.parquet(str(tmp_path / "timeline" / "rejects")).collect()
     reasons = sorted(r["reason"] for r in rejects)
     assert reasons == sorted(["null_required", "duplicate_step", "duplicate_step", "non_finite_reward",
-                              "action_probability_out_of_range", "action_not_possible"])
+                              "action_probability_out_of_range", "action_not_possible",
+                              "quarantined_episode", "quarantined_episode"])  # a/2, a/3 go with episode a
     assert set(MDP.names) <= set(rejects[0].asDict())
-    assert [(r["mdp_id"], r["sequence_number"]) for r in out] == [("a", 2), ("a", 3)]  # a/1 was duplicated
-    assert out[0]["sequence_number_ordinal"] == 1 and out[0]["time_since_first"] == 0
-    dropped = manifest(tmp_path)["rows_dropped"]
-    assert {k: v for k, v in dropped.items() if v} == {
+    assert [(r["mdp_id"], r["sequence_number"]) for r in out] == [("ok", 1)]  # a/1 was duplicated: a is dropped
+    m = manifest(tmp_path)
+    assert {k: v for k, v in m["rows_dropped"].items() if v} == {
         "null_required": 1, "duplicate_step": 2, "non_finite_reward": 1,
-        "action_probability_out_of_range": 1, "action_not_possible": 1,
+        "action_probability_out_of_range": 1, "action_not_possible": 1, "quarantined_episode": 2,
     }
-    assert summary["rows_in"] == 8 == 2 + 6
+    assert m["quarantine"] == {"mode": "drop_episode", "episodes": 5, "example_mdp_ids": ["a", "w", "x", "y", "z"],
+                               "rows_invalid": 6, "rows_dropped_with_episode": 2, "rows_cut_tail": 0}
+    assert summary["rows_in"] == 9 == 1 + 6 + 2 and summary["quarantined_episodes"] == 5
+
+
+def _episode_with_a_bad_step() -> list[dict]:
+    """a: steps 1..6 with a NaN reward at step 4; b: 3 clean steps; c: null action at its first step."""
+    return ([step("a", s, reward=float("nan") if s == 4 else float(s)) for s in range(1, 7)]
+            + [step("b", s) for s in range(1, 4)] + [step("c", 1, action=None), step("c", 2)])
+
+
+def test_quarantine_never_splices_an_episode_drop(spark, tmp_path):
+    """Issue 12.7: quarantining step 4 must not make step 3's next state step 5."""
+    _, out = run(spark, tmp_path, _episode_with_a_bad_step(), on_invalid="quarantine", quarantine="drop_episode")
+    assert [(r["mdp_id"], r["sequence_number"]) for r in out] == [("b", 1), ("b", 2), ("b", 3)]
+    q = manifest(tmp_path)["quarantine"]
+    assert (q["episodes"], q["example_mdp_ids"], q["rows_dropped_with_episode"]) == (2, ["a", "c"], 6)
+
+
+@pytest.mark.parametrize("multi_steps", [1, 2])
+def test_quarantine_cut_keeps_whole_transitions_before_the_bad_step(spark, tmp_path, multi_steps):
+    _, out = run(spark, tmp_path, _episode_with_a_bad_step(), on_invalid="quarantine", quarantine="cut_episode",
+                 multi_steps=multi_steps, gamma=0.5)
+    a = [r for r in out if r["mdp_id"] == "a"]
+    if multi_steps == 1:  # steps 1, 2 (step 3 is only step 2's next state)
+        assert [(r["sequence_number"], r["time_diff"], r["not_terminal"]) for r in a] == [(1, 1, True), (2, 1, True)]
+        assert [r["n_step_reward"] for r in a] == [1.0, 2.0]
+    else:  # step 1 -> 3: r1 + 0.5 r2; steps 2 and 3 would need the NaN reward of step 4
+        assert [(r["sequence_number"], r["time_diff"], r["n_steps"]) for r in a] == [(1, 2, 2)]
+        assert a[0]["n_step_reward"] == 1.0 + 0.5 * 2.0
+    assert all(r["time_diff"] <= multi_steps for r in out)
+    assert not [r for r in out if r["mdp_id"] == "c"]  # cut at its first step
+    m = manifest(tmp_path)
+    dropped = {k: v for k, v in m["rows_dropped"].items() if v}
+    assert dropped == {"non_finite_reward": 1, "null_required": 1, "quarantined_episode": 3,
+                       "quarantine_cut_tail": multi_steps}
+    assert m["rows_in"] == 11 == sum(m["rows_out"].values()) + sum(m["rows_dropped"].values())
+    assert m["quarantine"]["mode"] == "cut_episode" and m["quarantine"]["rows_cut_tail"] == multi_steps
 
 
 def test_split_is_stable_disjoint_and_keeps_episodes_whole(spark, tmp_path):

@@ -165,3 +165,38 @@ def test_workflows_end_to_end(spark, tmp_path):
             assert np.asarray(batch.state).shape[1:] == (3,)
             assert np.asarray(batch.possible_actions_mask).shape[1:] == (4,)
     assert rows == 34
+
+
+def _parquet_contents(path) -> list[bytes]:
+    """The bytes of every Parquet file of a directory, in file order (names carry a random job id)."""
+    return [p.read_bytes() for p in sorted(path.glob("part-*.parquet"))]
+
+
+def test_files_do_not_depend_on_what_ran_before(spark, tmp_path):
+    """Issue 12.3: the same rows give byte-identical files, alone or after other jobs of the session."""
+    from pyspark.sql import functions as F
+
+    from preprocessing.training_table import by_key_range
+
+    rows = (spark.range(0, 40_000, numPartitions=4)
+            .select(F.xxhash64((F.col("id") / 10).cast("long")).alias("mdp_key"),
+                    (F.col("id") % 10).alias("sequence_number"), F.rand(seed=1).alias("reward")))
+    by_key_range(rows, 8).write.parquet(str(tmp_path / "alone"))
+    for i in range(3):  # other work in the same session: more RDDs, other range-partitioned shuffles
+        rows.repartitionByRange(5 + i, "reward").write.mode("overwrite").parquet(str(tmp_path / "other"))
+    by_key_range(rows, 8).write.parquet(str(tmp_path / "after"))
+    alone, after = _parquet_contents(tmp_path / "alone"), _parquet_contents(tmp_path / "after")
+    assert len(alone) == 8 and alone == after
+    table = ds.dataset(tmp_path / "alone", format="parquet")
+    files = sorted(table.files)
+    keys = [pq_keys(f) for f in files]
+    for earlier, later in zip(keys, keys[1:], strict=False):  # contiguous, sorted key ranges in file order
+        assert earlier[-1] < later[0]
+    assert all(k == sorted(k) for k in keys) and sum(map(len, keys)) == 40_000
+    assert min(map(len, keys)) > 40_000 / 8 * 0.8  # ranges of a uniform hash: balanced
+
+
+def pq_keys(path: str) -> list[int]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=["mdp_key"]).column("mdp_key").to_pylist()

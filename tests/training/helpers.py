@@ -20,3 +20,18 @@ def tiny_config(output_dir: Path, **training: Any) -> PipelineConfig:
     section = {"epochs": 2, "batch_size": 128, "hidden_sizes": [32, 16], "shuffle_buffer": 500,
                "torch_threads": 1, "log_every": 5, **training}
     return validate_config({"output_dir": str(output_dir), "seed": 3, "training": section})
+
+
+def tensorboard_runs(output_dir: Path) -> list[Path]:
+    """The run directories under training/tensorboard, oldest first (names start with the UTC time)."""
+    root = Path(output_dir) / "training" / "tensorboard"
+    return sorted(p for p in root.iterdir() if p.is_dir())
+
+
+def load_events(run_dir: Path):
+    """A reloaded EventAccumulator over one run directory (scalars, images, hparams)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    return events

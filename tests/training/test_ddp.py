@@ -38,3 +38,18 @@ def test_two_process_ddp_replicas_match(tmp_path):
     assert (out / "training" / "model.pt").exists()
     assert sorted(p.name for p in (out / "training" / "checkpoints").glob("*.pt")) == ["epoch_0001.pt",
                                                                                        "epoch_0002.pt"]
+
+
+@pytest.mark.slow
+def test_num_processes_launches_torchrun_from_workflow_train(tmp_path):
+    """`training.num_processes: 2` makes workflow.train (so end_to_end) run DDP itself and keep its model."""
+    from tests.training.helpers import tiny_config
+    from workflow.train import train
+
+    out = make_run(tmp_path / "run", train_rows=2000)
+    summary = train(tiny_config(out, epochs=1, num_processes=2, shuffle_buffer=300))
+    assert summary["world_size"] == 2 and summary["rows_seen_per_rank"] == [1000, 1000]
+    assert summary["replica_weights_sha256"] == [summary["weights_sha256"]] * 2
+    on_disk = json.loads((out / "training" / "summary.json").read_text())
+    assert on_disk["weights_sha256"] == summary["weights_sha256"] and (out / "training" / "model.pt").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]

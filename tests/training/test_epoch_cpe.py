@@ -9,7 +9,7 @@ import pytest
 
 from reagent_recsys.data.synthetic import write_synthetic_run
 from reagent_recsys.evaluation.epoch_cpe import EpochCPE, EvalSplit, greedy_probabilities
-from tests.training.helpers import TINY, tiny_config
+from tests.training.helpers import TINY, load_events, tensorboard_runs, tiny_config
 from workflow.train import train
 
 
@@ -54,12 +54,10 @@ def test_bandit_uses_the_model_as_reward_model():
 
 @pytest.mark.parametrize(("algorithm", "gamma"), [("dqn", 0.9), ("bcq", 0.0)])
 def test_trainer_writes_cpe_scalars_to_tensorboard(tmp_path, algorithm, gamma):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     write_synthetic_run(tmp_path, 1500, eval_rows=500, seed=0, **TINY)
     train(tiny_config(tmp_path, epochs=3, algorithm=algorithm, gamma=gamma))
-    events = EventAccumulator(str(tmp_path / "training" / "tensorboard"))
-    events.Reload()
+    (run,) = tensorboard_runs(tmp_path)
+    events = load_events(run)
     tags = {t for t in events.Tags()["scalars"] if t.startswith("cpe/")}
     names = ["one_step/IPS", "one_step/SNIPS", "sequential/WPDIS", "sequential/WDR"]
     names += ["one_step/DM", "one_step/DR"] if gamma == 0 else []
@@ -72,11 +70,9 @@ def test_trainer_writes_cpe_scalars_to_tensorboard(tmp_path, algorithm, gamma):
 
 
 def test_cpe_every_epoch_off_writes_no_cpe(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     write_synthetic_run(tmp_path, 600, eval_rows=200, seed=0, **TINY)
     train(tiny_config(tmp_path, epochs=1, cpe_every_epoch=False))
-    events = EventAccumulator(str(tmp_path / "training" / "tensorboard"))
-    events.Reload()
+    (run,) = tensorboard_runs(tmp_path)
+    events = load_events(run)
     assert not [t for t in events.Tags()["scalars"] if t.startswith("cpe/")]
     assert "train/td_loss" in events.Tags()["scalars"]

@@ -17,7 +17,7 @@ import yaml
 
 from reagent_recsys.data.synthetic import synthetic_normalization
 from reagent_recsys.training.trainer import load_model
-from tests.training.helpers import make_run, tiny_config
+from tests.training.helpers import load_events, make_run, tensorboard_runs, tiny_config
 from workflow.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,18 +50,37 @@ def test_checkpoints_load_with_weights_only(trained):
 
 
 def test_tensorboard_events_have_the_tags(trained):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out, _ = trained
-    events = EventAccumulator(str(out / "training" / "tensorboard"))
-    events.Reload()
+    out, summary = trained
+    (run,) = tensorboard_runs(out)
+    assert run.name == summary["tensorboard_run"] and run.name.endswith(summary["config_hash"][:8])
+    events = load_events(run)
     tags = set(events.Tags()["scalars"])
-    for tag in ("train/td_loss", "train/q_mean", "train/q_max", "train/grad_norm", "train/learning_rate",
-                "actions/model/0", "actions/logged/4"):
+    for tag in ("train/td_loss", "train/q_mean", "train/q_max", "train/grad_norm", "train/learning_rate"):
         assert tag in tags, (tag, sorted(tags))
-    assert len(events.Scalars("train/td_loss")) == 32 // 5
-    logged = sum(events.Scalars(f"actions/logged/{a}")[-1].value for a in range(5))
-    assert logged == pytest.approx(1.0)
+    assert "train/loss" not in tags and "train/total_loss" not in tags  # DQN: the loss is the TD loss
+    assert not [t for t in tags if t.startswith("actions/")]  # one figure per epoch instead of 2 x A charts
+    # every 5 updates, plus the last update of each epoch (16 and 32 are not multiples of 5)
+    assert [e.step for e in events.Scalars("train/td_loss")] == [5, 10, 15, 16, 20, 25, 30, 32]
+    assert [e.step for e in events.Images("actions/logged_vs_model")] == [1, 2]
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        events.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+    assert start.hparams["training.batch_size"].number_value == 128
+    assert start.hparams["training.algorithm"].string_value == "dqn"
+
+
+def test_short_run_logs_and_eval_td_loss(tmp_path):
+    from reagent_recsys.data.synthetic import write_synthetic_run
+    from tests.training.helpers import TINY
+
+    write_synthetic_run(tmp_path, 300, eval_rows=100, seed=0, **TINY)
+    summary = train(tiny_config(tmp_path, epochs=2, log_every=1000, cpe_every_epoch=False))
+    events = load_events(tensorboard_runs(tmp_path)[0])
+    assert [e.step for e in events.Scalars("train/td_loss")] == [3, 6]  # 3 updates per epoch < log_every
+    losses = events.Scalars("eval/td_loss")
+    assert [e.step for e in losses] == [1, 2] and all(e.value > 0 for e in losses)  # x axis: epochs
+    assert summary["updates"] == 6
 
 
 def test_same_seed_same_weights_and_resume_matches(tmp_path, trained):
