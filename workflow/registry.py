@@ -38,6 +38,8 @@ WORKFLOWS: dict[str, Workflow] = {
                  "training/model.pt + normalization.json -> export/policy.pt (TorchScript) + metadata.json."),
         Workflow("workflow.evaluate", "workflow.evaluate", "evaluate",
                  "CPE of export/policy.pt on the eval split + simulator ground truth -> evaluation/report.{json,png}."),
+        Workflow("workflow.serve", "workflow.serve", "serve",
+                 "Serve export/policy.pt over HTTP (/v1/act, /v1/feedback); log decisions as an mdp table."),
         Workflow("workflow.end_to_end", "workflow.end_to_end", "end_to_end",
                  "Every stage in order from one YAML, skipping stages whose output is up to date."),
     )
