@@ -81,14 +81,15 @@ def _short(value: Any) -> str:
 def _unknown(keys: Any, allowed: Any, field: str, what: str) -> None:
     extra = sorted(set(keys) - set(allowed))
     if extra:
-        raise RequestError(f"{field}.{extra[0]}", f"unknown {what} (known: {', '.join(sorted(allowed))})")
+        raise RequestError(f"{field}.{extra[0]}" if field else extra[0],
+                           f"unknown {what} (known: {', '.join(sorted(allowed))})")
 
 
 def _items(body: Any, key: str) -> tuple[list[Any], bool, str]:
     """The list of items of a request (a single object or {key: [...]}) and the field prefix of item i."""
     body = _object(body, "body")
     if key in body:
-        _unknown(body, {key}, "body", "key")
+        _unknown(body, {key}, "", "key")
         items = body[key]
         if not isinstance(items, list) or not items:
             raise RequestError(key, "expected a non-empty list")
@@ -123,7 +124,7 @@ def parse_decisions(body: Any, layout: Layout, allow_missing: bool = False,
     for i, item in enumerate(items):
         at = _at(key, i, batched)
         item = _object(item, at.rstrip(".") or "body")
-        _unknown(item, DECISION_KEYS, at.rstrip(".") or "body", "key")
+        _unknown(item, DECISION_KEYS, at.rstrip("."), "key")
         session = item.get("session_id")
         if not isinstance(session, str) or not session:
             raise RequestError(f"{at}session_id", "required: a non-empty string")
@@ -220,7 +221,7 @@ def parse_feedback(body: Any) -> tuple[list[Feedback], bool]:
     for i, item in enumerate(items):
         at = _at(key, i, batched)
         item = _object(item, at.rstrip(".") or "body")
-        _unknown(item, {"decision_id", "reward", "metrics"}, at.rstrip(".") or "body", "key")
+        _unknown(item, {"decision_id", "reward", "metrics"}, at.rstrip("."), "key")
         decision_id = item.get("decision_id")
         if not isinstance(decision_id, str) or not decision_id:
             raise RequestError(f"{at}decision_id", "required: a non-empty string")
