@@ -51,16 +51,17 @@ class LogConflict(ValueError):
         self.field, self.message, self.status = field, message, status
 
 
-@dataclass
+@dataclass(slots=True)
 class Decision:
-    """One served decision; `reward` is None until its feedback arrives."""
+    """One served decision; `reward` is None until its feedback arrives. Compact: `feature_ids` and `possible`
+    are shared between decisions with the same presence pattern and possible actions."""
 
     decision_id: str
     mdp_id: str
     sequence_number: int
     ts: float  # unix seconds when served
     feature_ids: list[int]  # the features given (present), ...
-    values: list[float]  # ... and their values
+    values: np.ndarray  # ... (K,) float32 their values
     action: str
     propensity: float
     possible: list[str]
@@ -74,13 +75,13 @@ class Decision:
 
     def event(self) -> dict[str, Any]:
         return {"t": "d", "id": self.decision_id, "mdp_id": self.mdp_id, "seq": self.sequence_number, "ts": self.ts,
-                "ids": self.feature_ids, "values": self.values, "action": self.action, "p": self.propensity,
+                "ids": self.feature_ids, "values": self.values.tolist(), "action": self.action, "p": self.propensity,
                 "possible": self.possible, "version": self.version}
 
     @classmethod
     def from_event(cls, e: dict[str, Any]) -> Decision:
-        return cls(e["id"], e["mdp_id"], e["seq"], e["ts"], e["ids"], e["values"], e["action"], e["p"], e["possible"],
-                   e["version"])
+        return cls(e["id"], e["mdp_id"], e["seq"], e["ts"], e["ids"], np.asarray(e["values"], dtype=np.float32),
+                   e["action"], e["p"], e["possible"], e["version"])
 
 
 def segment_table(rows: list[Decision]) -> pa.Table:
@@ -89,7 +90,7 @@ def segment_table(rows: list[Decision]) -> pa.Table:
     lengths = np.fromiter((len(r.feature_ids) for r in rows), dtype=np.int32, count=len(rows))
     offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int32)]).astype(np.int32)
     keys = np.fromiter((k for r in rows for k in r.feature_ids), dtype=np.int64, count=int(offsets[-1]))
-    values = np.fromiter((v for r in rows for v in r.values), dtype=np.float32, count=int(offsets[-1]))
+    values = np.concatenate([r.values for r in rows]).astype(np.float32, copy=False)
     entries = pa.StructArray.from_arrays([pa.array(keys), pa.array(values)],
                                          fields=[STATE_MAP.key_field, STATE_MAP.item_field])
     state = pa.Array.from_buffers(STATE_MAP, len(rows), [None, pa.py_buffer(offsets)], children=[entries])

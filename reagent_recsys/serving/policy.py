@@ -128,11 +128,29 @@ class LoadedPolicy:
         self.metadata: dict[str, Any] = json.loads(extra[METADATA_FILE])
         self.layout = Layout.from_metadata(self.metadata)
         self.path = path
+        self._ids: dict[bytes, list[int]] = {}
+        self._actions: dict[bytes, list[str]] = {}
         # TorchScript profiles and optimizes its first calls: pay that here, before the policy serves a request
         for rows in (1, 8, 1, 8):
             self.forward(np.zeros((rows, self.layout.num_features), dtype=np.float32),
                          np.ones((rows, self.layout.num_features), dtype=np.float32),
                          np.ones((rows, self.layout.num_actions), dtype=bool))
+
+    def shared_ids(self, present: np.ndarray) -> list[int]:
+        """The feature ids where (F,) bool `present`: one list object per pattern, shared by the decisions."""
+        key = present.tobytes()
+        ids = self._ids.get(key)
+        if ids is None:
+            ids = self._ids[key] = self.layout.feature_ids[present].tolist()
+        return ids
+
+    def shared_actions(self, mask: np.ndarray) -> list[str]:
+        """The action names where (A,) bool `mask`: one list object per pattern, shared by the decisions."""
+        key = mask.tobytes()
+        names = self._actions.get(key)
+        if names is None:
+            names = self._actions[key] = [self.layout.action_names[k] for k in np.flatnonzero(mask)]
+        return names
 
     def forward(self, values: np.ndarray, presence: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, F) float32 values, (B, F) float32 presence, (B, A) bool mask -> Q (B, A) float64, greedy (B,) int64."""

@@ -146,7 +146,10 @@ def parse_decisions(body: Any, layout: Layout, allow_missing: bool = False,
             values[i, column] = _number(value, f"{at}context.{name}")
             presence[i, column] = 1.0
         if candidates is not None:
-            candidate_ids.append(_parse_candidates(candidates, layout, values[i], presence[i], mask[i], at))
+            ids = _fast_candidates(candidates, layout, values[i], presence[i], mask[i])
+            if ids is None:  # something is off: the careful path finds the field and raises
+                ids = _parse_candidates(candidates, layout, values[i], presence[i], mask[i], at)
+            candidate_ids.append(ids)
             if "possible_actions" in item:
                 raise RequestError(f"{at}possible_actions", "give candidates or possible_actions, not both")
         else:
@@ -159,6 +162,39 @@ def parse_decisions(body: Any, layout: Layout, allow_missing: bool = False,
                     raise RequestError(f"{at}context.{name}", "missing feature (every feature is required; "
                                        "serve.allow_missing_features accepts absent ones)")
     return ParsedDecisions(session_ids, steps, values, presence, mask, candidate_ids, batched)
+
+
+_CANDIDATE_KEYS = frozenset({"id", "features"})
+_NUMBER_TYPES = frozenset({int, float})
+
+
+def _fast_candidates(candidates: Any, layout: Layout, values: np.ndarray, presence: np.ndarray,
+                     mask: np.ndarray) -> list[str | None] | None:
+    """The common case in a few vectorized steps; None when anything is unusual (then _parse_candidates)."""
+    if type(candidates) is not list or not 0 < len(candidates) <= layout.num_slots:
+        return None
+    k = len(candidates)
+    try:
+        features = [c["features"] for c in candidates]
+        if not all(c.keys() <= _CANDIDATE_KEYS and len(f) == len(layout.candidate_columns)
+                   for c, f in zip(candidates, features, strict=True)):
+            return None
+        for name, columns in layout.candidate_columns.items():
+            column = [f[name] for f in features]
+            if not set(map(type, column)) <= _NUMBER_TYPES:
+                return None
+            numbers = np.array(column, dtype=np.float64)
+            if not np.isfinite(numbers).all():
+                return None
+            values[columns[:k]] = numbers
+            presence[columns[:k]] = 1.0
+        ids = [c.get("id") for c in candidates]
+    except (KeyError, TypeError, AttributeError, OverflowError):
+        return None
+    if not set(map(type, ids)) <= {str, type(None)}:
+        return None
+    mask[layout.slot_actions[:k] if len(layout.slot_actions) else np.arange(k)] = True
+    return ids
 
 
 def _parse_candidates(candidates: Any, layout: Layout, values: np.ndarray, presence: np.ndarray,
