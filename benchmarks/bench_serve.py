@@ -27,8 +27,6 @@ import asyncio
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -44,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from reagent_recsys.data.synthetic import synthetic_normalization  # noqa: E402
 from reagent_recsys.export import METADATA_FILE, ExportedPolicy, metadata_dict, script_policy  # noqa: E402
 from reagent_recsys.normalization import Preprocessor  # noqa: E402
+from reagent_recsys.serving.process import ServerProcess  # noqa: E402
 from reagent_recsys.training.networks import DQNModel  # noqa: E402
 
 CANDIDATES = 20
@@ -185,24 +183,6 @@ def where_time_goes(before: dict[str, float], after: dict[str, float]) -> str:
             f"mean (includes waiting for the batch)")
 
 
-def start_server(directory: Path, export: Path) -> tuple[subprocess.Popen, int]:
-    port_file = directory / "port.json"
-    config = {"output_dir": str(directory), "seed": 0, "serve": {
-        "port": 0, "port_file": str(port_file), "export_dir": str(export / "export"),
-        "log_dir": str(directory / "decision_log"), "exploration": "epsilon_greedy", "epsilon": 0.1,
-        "reload_seconds": 0, "feedback_timeout_seconds": 86400}}
-    (directory / "serve.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "workflow" / "cli.py"), "run", "workflow.serve",
-                             str(directory / "serve.yaml")], cwd=ROOT, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not port_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("the server did not start")
-        time.sleep(0.1)
-    return proc, json.loads(port_file.read_text())["port"]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -216,7 +196,10 @@ def main() -> None:
         rows = [("bare forward, 1 row/call", bare_forward(export / "export" / "policy.pt", 1, args.seconds), ""),
                 (f"bare forward, {args.batch} rows/call",
                  bare_forward(export / "export" / "policy.pt", args.batch, args.seconds), "")]
-        proc, port = start_server(directory, export)
+        server = ServerProcess(directory / "server", directory, seed=0, export_dir=str(export / "export"),
+                               exploration="epsilon_greedy", epsilon=0.1, reload_seconds=0,
+                               feedback_timeout_seconds=86400).start()
+        proc, port = server.proc, server.port
         try:
             for name, batch, feedback in [("act, 1 decision/request", 1, False),
                                           ("act + feedback, 1 decision", 1, True),
@@ -231,8 +214,7 @@ def main() -> None:
                          f"(= {decisions / server_cpu:,.0f} decisions per CPU-second)")
                 rows.append((f"{name} ({connections} conn.)", result, note))
         finally:
-            os.kill(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=120)
+            server.stop()
     print(f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {args.seconds:g} s per row\n")
     print(f"{'':44s} {'decisions/s':>12s} {'p50 ms':>8s} {'p99 ms':>8s} {'requests':>9s} {'errors':>6s}")
     for name, r, note in rows:

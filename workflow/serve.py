@@ -9,31 +9,22 @@ from __future__ import annotations
 import logging
 import socket
 import sys
-from pathlib import Path
 from typing import Any
 
 from reagent_recsys.artifacts import write_json_atomic
 from reagent_recsys.config import PipelineConfig
 
 
-def serve_paths(config: PipelineConfig) -> tuple[Path, Path]:
-    """(export directory, decision-log directory) of `config.serve`."""
-    cfg = config.serve
-    export_dir = Path(cfg.export_dir) if cfg.export_dir else Path(config.output_dir) / "export"
-    log_dir = Path(cfg.log_dir) if cfg.log_dir else Path(config.output_dir) / "decision_log"
-    return export_dir, log_dir
-
-
 def serve(config: PipelineConfig) -> dict[str, Any]:
     """Serve until stopped; returns the decision log's counts."""
     import uvicorn
 
-    from reagent_recsys.serving.app import PolicyServer, create_app
+    from reagent_recsys.serving.app import build_server, create_app, serve_paths
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s: %(message)s")
     cfg = config.serve
-    export_dir, log_dir = serve_paths(config)
-    server = PolicyServer(cfg, export_dir, log_dir, config.seed)
+    log_dir = serve_paths(config)[1]
+    server = build_server(config)
     sock = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((cfg.host, cfg.port))

@@ -26,7 +26,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from reagent_recsys.config import ServeConfig
+from reagent_recsys.config import PipelineConfig, ServeConfig
 from reagent_recsys.serving.decision_log import Decision, DecisionLog, LogConflict
 from reagent_recsys.serving.exploration import action_probabilities, sample
 from reagent_recsys.serving.metrics import Metrics
@@ -46,6 +46,20 @@ MAINTENANCE_SECONDS = 0.05
 
 def _json(payload: Any, status: int = 200) -> Response:
     return Response(json.dumps(payload, separators=(",", ":")), status_code=status, media_type="application/json")
+
+
+def serve_paths(config: PipelineConfig) -> tuple[Path, Path]:
+    """(export directory, decision-log directory) of `config.serve`."""
+    cfg = config.serve
+    export_dir = Path(cfg.export_dir) if cfg.export_dir else Path(config.output_dir) / "export"
+    log_dir = Path(cfg.log_dir) if cfg.log_dir else Path(config.output_dir) / "decision_log"
+    return export_dir, log_dir
+
+
+def build_server(config: PipelineConfig, session_state: SessionState | None = None) -> PolicyServer:
+    """The PolicyServer `config.serve` describes (its export, log directory and seed)."""
+    export_dir, log_dir = serve_paths(config)
+    return PolicyServer(config.serve, export_dir, log_dir, config.seed, session_state)
 
 
 @dataclass
