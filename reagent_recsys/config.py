@@ -403,6 +403,24 @@ class ServeConfig(StrictModel):
     flush: ServeFlushConfig = Field(default_factory=ServeFlushConfig, description="Decision log flush policy.")
 
 
+class IterateConfig(StrictModel):
+    """workflow.iterate: rounds of serve -> log -> timeline ... export -> CPE -> promote, on the simulator."""
+
+    rounds: int = Field(3, gt=0, description="Rounds K of the loop.")
+    episodes_per_round: int = Field(
+        20_000, gt=0, description="Simulated users served over HTTP per round; their decision log is the round's "
+        "mdp table."
+    )
+    batch_size: int = Field(1024, gt=0, description="Simulated users stepped together (decisions per request).")
+    epsilon: float = Field(
+        0.1, ge=0, le=1, description="epsilon-greedy exploration around the incumbent once a policy was promoted "
+        "(until then the loop serves the uniform random policy)."
+    )
+    estimator: Literal["DR", "WDR"] = Field(
+        "DR", description="Sequential CPE estimator of the safe-improvement rule: the candidate is promoted only if "
+        "its lower bound beats the incumbent's estimate."
+    )
+
 # ------------------------------------------------------------------------------------------ pipeline
 class PipelineConfig(StrictModel):
     """A whole run: one output_dir under which every artifact of the run is written."""
@@ -445,6 +463,7 @@ class PipelineConfig(StrictModel):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="workflow.evaluate.")
     spark: SparkConfig = Field(default_factory=SparkConfig, description="Spark session settings.")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="workflow.serve: the policy server.")
+    iterate: IterateConfig = Field(default_factory=IterateConfig, description="workflow.iterate: the closed loop.")
 
     @model_validator(mode="after")
     def _logging_needs_env(self) -> PipelineConfig:
