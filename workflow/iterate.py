@@ -128,7 +128,7 @@ def write_figure(path: Path, rounds: list[dict[str, Any]]) -> None:
     k = np.array([r["round"] for r in rounds])
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(k, [r["served"]["incumbent_true_return"] for r in rounds], "s-", color="gray",
-            label="incumbent (served greedy), true")
+            label="incumbent, true")
     ax.plot(k, [r["candidate"]["true_return"] for r in rounds], "o-", color="C0", label="candidate, true")
     estimates = np.array([r["candidate"]["estimate"] for r in rounds])
     lower = np.array([r["candidate"]["lower"] for r in rounds])
