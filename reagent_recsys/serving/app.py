@@ -229,8 +229,15 @@ class PolicyServer:
     async def _write_segments(self) -> None:
         try:
             plan = self.log.take_segments()
-            await asyncio.to_thread(self.log.write_segments, plan)
-            self.log.segments_written(plan)
+            written = 0
+            try:
+                for item in plan:
+                    await asyncio.to_thread(self.log.write_segments, [item])
+                    written += 1
+            except Exception:
+                logger.exception("writing a decision-log segment failed; its rows are kept and retried")
+                self.log.segments_failed(plan[written:])
+            self.log.segments_written(plan[:written])
         finally:
             self.writing = None
 

@@ -41,6 +41,26 @@ from reagent_recsys.schema import FEATURES_FILE, MANIFEST_FILE
 
 JOURNAL_DIR = "_journal"
 MISSING = "feedback_missing"
+CLOSED_IDS_KEPT = 1_000_000  # feedback for a decision closed longer ago than this many closures ago is a 404
+
+
+class RecentIds:
+    """A set that remembers only its newest `capacity` members (insertion order)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ids: dict[str, None] = {}
+
+    def add(self, item: str) -> None:
+        self._ids[item] = None
+        if len(self._ids) > self.capacity:
+            del self._ids[next(iter(self._ids))]
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 class LogConflict(ValueError):
@@ -121,7 +141,7 @@ class DecisionLog:
         self.complete: list[Decision] = []  # rows waiting for the next segment
         self.complete_since: float | None = None
         self.keys: set[tuple[str, int]] = set()  # (mdp_id, sequence_number) of every decision in the log
-        self.closed_ids: set[str] = set()  # decisions already given feedback / closed (for 409 vs 404)
+        self.closed_ids = RecentIds(CLOSED_IDS_KEPT)  # decisions already closed (409 rather than 404)
         self.run = f"{int(time.time() * 1000):013d}"
         self.segment_count = 0
         self.counts = {"rows": 0, "segments": 0, "feedback_joined": 0, "feedback_missing_zero_reward": 0,
@@ -337,6 +357,13 @@ class DecisionLog:
             tmp = final.parent / f".{final.name}.tmp"
             pq.write_table(segment_table(rows), tmp, **PARQUET_OPTIONS)
             os.replace(tmp, final)
+
+    def segments_failed(self, plan: list[tuple[str, list[Decision]]]) -> None:
+        """Put the rows of a plan whose write failed back in front of the complete rows (retried next roll; the
+        journal still holds them for a restart)."""
+        rows = [d for _, chunk in plan for d in chunk]
+        self.complete = rows + self.complete
+        self.complete_since = self.complete_since or time.time()
 
     def segments_written(self, plan: list[tuple[str, list[Decision]]]) -> None:
         for _, rows in plan:
