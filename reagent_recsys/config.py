@@ -412,6 +412,84 @@ class SparkConfig(StrictModel):
     conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark settings.")
 
 
+# ------------------------------------------------------------------------------------------- serving
+class ServeFlushConfig(StrictModel):
+    """When the decision log writes: complete rows go to a new Parquet segment when either limit is reached."""
+
+    max_rows: int = Field(10_000, gt=0, description="Write a segment when this many complete rows wait (size roll).")
+    max_seconds: float = Field(
+        30.0, gt=0, description="Write a segment at least this often when complete rows wait (time roll)."
+    )
+    fsync_seconds: float = Field(
+        1.0, ge=0, description="fsync the journal at most this long after a write (0: after every batch). The "
+        "journal is written before each response, so a killed process (SIGKILL) loses no acknowledged event; "
+        "this bounds what a machine crash (power loss) can lose."
+    )
+    journal_max_bytes: int = Field(
+        64 << 20, gt=0, description="Start a new journal (carrying only the decisions still awaiting feedback) "
+        "when the current one passes this size."
+    )
+
+
+class ServeConfig(StrictModel):
+    """workflow.serve: an HTTP server for export/policy.pt that logs its decisions as an mdp table."""
+
+    host: str = Field("127.0.0.1", description="Interface to bind (0.0.0.0: every interface).")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port (0: any free port; see port_file).")
+    port_file: str | None = Field(
+        None, description="Write the bound port to this file once the server accepts requests (for port 0)."
+    )
+    export_dir: str | None = Field(None, description="The export to serve; null: output_dir/export.")
+    log_dir: str | None = Field(
+        None, description="The decision log (an mdp table workflow.timeline_operator reads as is); "
+        "null: output_dir/decision_log."
+    )
+    exploration: Literal["greedy", "softmax", "epsilon_greedy"] = Field(
+        "greedy", description="greedy: the policy's action (propensity 1); softmax: sample softmax(Q / temperature) "
+        "over the possible actions; epsilon_greedy: a uniform possible action with probability epsilon."
+    )
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature (exploration: softmax).")
+    epsilon: float = Field(0.1, ge=0, le=1, description="Exploration probability (exploration: epsilon_greedy).")
+    feedback_timeout_seconds: float = Field(
+        3600.0, gt=0, description="A decision without feedback this long after it was served is closed by "
+        "on_missing_feedback."
+    )
+    on_missing_feedback: Literal["zero_reward", "drop"] = Field(
+        "zero_reward", description="zero_reward: log the decision with reward 0 and metric feedback_missing = 1; "
+        "drop: keep it out of the log. Either way it is counted in the log's _manifest.json."
+    )
+    allow_missing_features: bool = Field(
+        False, description="Accept decisions that omit some features (served as absent, presence 0); false: 422."
+    )
+    reload_seconds: float = Field(
+        1.0, ge=0, description="Check the export for a new policy this often (0: never; the swap of the export "
+        "directory by workflow.export is picked up without dropping a request)."
+    )
+    max_batch: int = Field(
+        512, gt=0, description="Most decisions per policy forward pass (concurrent requests are batched)."
+    )
+    torch_threads: int = Field(1, gt=0, description="torch intra-op threads of the server.")
+    flush: ServeFlushConfig = Field(default_factory=ServeFlushConfig, description="Decision log flush policy.")
+
+
+class IterateConfig(StrictModel):
+    """workflow.iterate: rounds of serve -> log -> timeline ... export -> CPE -> promote, on the simulator."""
+
+    rounds: int = Field(3, gt=0, description="Rounds K of the loop.")
+    episodes_per_round: int = Field(
+        20_000, gt=0, description="Simulated users served over HTTP per round; their decision log is the round's "
+        "mdp table."
+    )
+    batch_size: int = Field(1024, gt=0, description="Simulated users stepped together (decisions per request).")
+    epsilon: float = Field(
+        0.1, ge=0, le=1, description="epsilon-greedy exploration around the incumbent once a policy was promoted "
+        "(until then the loop serves the uniform random policy)."
+    )
+    estimator: Literal["DR", "WDR"] = Field(
+        "DR", description="Sequential CPE estimator of the safe-improvement rule: the candidate is promoted only if "
+        "its lower bound beats the incumbent's estimate."
+    )
+
 # ------------------------------------------------------------------------------------------ pipeline
 class PipelineConfig(StrictModel):
     """A whole run: one output_dir under which every artifact of the run is written."""
@@ -465,6 +543,8 @@ class PipelineConfig(StrictModel):
     export: ExportConfig = Field(default_factory=ExportConfig, description="workflow.export.")
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="workflow.evaluate.")
     spark: SparkConfig = Field(default_factory=SparkConfig, description="Spark session settings.")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="workflow.serve: the policy server.")
+    iterate: IterateConfig = Field(default_factory=IterateConfig, description="workflow.iterate: the closed loop.")
 
     @model_validator(mode="after")
     def _logging_needs_env(self) -> PipelineConfig:

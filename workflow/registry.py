@@ -46,6 +46,10 @@ WORKFLOWS: dict[str, Workflow] = {
                  "training/model.pt + normalization.json -> export/policy.pt (TorchScript) + metadata.json."),
         Workflow("workflow.evaluate", "workflow.evaluate", "evaluate",
                  "CPE of export/policy.pt on the eval split + simulator ground truth -> evaluation/report.{json,png}."),
+        Workflow("workflow.serve", "workflow.serve", "serve",
+                 "Serve export/policy.pt over HTTP (/v1/act, /v1/feedback); log decisions as an mdp table."),
+        Workflow("workflow.iterate", "workflow.iterate", "iterate",
+                 "Closed loop on the simulator: serve over HTTP, learn from the log, promote by CPE; K rounds."),
         Workflow("workflow.end_to_end", "workflow.end_to_end", "end_to_end",
                  "Every stage in order from one YAML, skipping stages whose output is up to date."),
     )
