@@ -103,6 +103,7 @@ def read_probability_table(path: str | Path, action_names: Sequence[str]) -> pd.
     if not path.exists():
         raise FileNotFoundError(f"{path}: no probability table here")
     table = pq.read_table(path)
+    table = table.drop([c for c in table.column_names if c.startswith("__index_level_")])  # pandas' index
     names = [str(a) for a in action_names]
     missing = [c for c in (*KEYS, *names) if c not in table.column_names]
     unknown = [c for c in table.column_names if c not in (*KEYS, *names)]
