@@ -20,7 +20,7 @@ from reagent_recsys.evaluation.inputs import read_features_description, read_spl
 from reagent_recsys.evaluation.pipeline import run_cpe
 from reagent_recsys.evaluation.progress import Progress
 from reagent_recsys.evaluation.report import summarize, warnings_of, write_report
-from reagent_recsys.evaluation.targets import build_targets
+from reagent_recsys.evaluation.targets import build_targets, check_policy_paths
 from reagent_recsys.schema import FEATURES_FILE
 
 
@@ -28,6 +28,7 @@ def evaluate(config: PipelineConfig) -> dict[str, Any]:
     """Evaluate the configured policies; write <output_dir>/evaluation; return the key figures and a summary."""
     started, progress = time.perf_counter(), Progress("evaluate")
     cfg, out = config.evaluation, Path(config.output_dir)
+    check_policy_paths(cfg.policies, out / "export")
     table_dir = out / "training_table"
     manifest = read_table_metadata(table_dir / "eval")
     table_ids, action_names = [int(f) for f in manifest["feature_ids"]], [str(a) for a in manifest["action_names"]]

@@ -66,14 +66,15 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         verdict = f"{policy['name']}: no model-based estimate (see the report)"
     else:
         est = values[first]
-        rel_lo, rel_hi = est.get("relative_lower"), est.get("relative_upper")
-        relation = "indistinguishable from"
+        rel, rel_lo, rel_hi = est.get("relative"), est.get("relative_lower"), est.get("relative_upper")
+        relation = "not distinguishable from"
         if _finite(rel_lo) and rel_lo > 1:
             relation = "better than"
         elif _finite(rel_hi) and rel_hi < 1:
             relation = "worse than"
-        verdict = (f"{policy['name']} ≈ {_num(est['value'])} [{_num(est['lower'])}, {_num(est['upper'])}] by {first} "
-                   f"vs {_num(logging)} for the logging policy: {relation} it")
+        ratio = f" ({rel:.2f}x)" if _finite(rel) else ""
+        verdict = (f"{policy['name']} ≈ {_num(est['value'])} [{_num(est['lower'])}, {_num(est['upper'])}] by {first}"
+                   f"{ratio}: {relation} the logging policy's {_num(logging)}")
         if _finite(truth):
             inside = [n for n, e in values.items() if _finite(e["lower"]) and e["lower"] <= truth <= e["upper"]]
             outside = [n for n in values if n not in inside]
@@ -158,6 +159,7 @@ def _plot_estimates(ax: Any, report: dict[str, Any], section: str, title: str, y
     logging = report["logging"][section]["value"]
     ax.axhline(logging, color="black", ls="--", lw=1.2, label=f"logging {_num(logging)}")
     ax.set_xticks(range(len(estimates)), [e["name"] for e in estimates], rotation=20, fontsize=8)
+    ax.set_xlim(-0.5, len(estimates) - 0.2)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     if notes:
@@ -202,8 +204,9 @@ def plot_report(report: dict[str, Any], path: str | Path) -> None:
     try:
         fig.suptitle(textwrap.fill(report["summary"]["verdict"], 130), fontsize=12, fontweight="bold")
         _plot_curve(axes[0, 0], report)
-        _plot_estimates(axes[0, 1], report, "sequential", f"(b) Sequential CPE of {report['policies'][0]['name']}"
-                        "  (green: truth inside, grey hollow: do not trust)", f"mean return (gamma={report['gamma']:g})")
+        legend = "green: truth inside, red: outside; " if "ground_truth" in report else ""
+        _plot_estimates(axes[0, 1], report, "sequential", f"(b) Sequential CPE of {report['policies'][0]['name']} "
+                        f"({legend}grey hollow: do not trust)", f"mean return (gamma={report['gamma']:g})")
         _plot_estimates(axes[1, 0], report, "one_step", f"(c) One-step CPE of {report['policies'][0]['name']}",
                         "mean reward per decision")
         _plot_ranking(axes[1, 1], report)

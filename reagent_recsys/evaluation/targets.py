@@ -166,6 +166,15 @@ def table_probabilities(frame: pd.DataFrame, split: Split, action_names: Sequenc
 
 
 # ------------------------------------------------------------------------------------------ candidates
+def check_policy_paths(policies: Sequence[Any], export_dir: Path) -> None:
+    """Fail before any reading when a candidate's file is missing (the exported policy: run workflow.export)."""
+    for entry in policies:
+        path = Path(entry.path) if entry.path else export_dir / "policy.pt"
+        if not path.exists():
+            hint = "run workflow.export first" if entry.path is None else "check evaluation.policies"
+            raise FileNotFoundError(f"{path}: evaluation.policies[{entry.name}] not found; {hint}")
+
+
 def build_targets(policies: Sequence[Any], export_dir: Path, train: Split, evaluation: Split,
                   table_ids: Sequence[int], action_names: Sequence[str]
                   ) -> tuple[list[Any], dict[str, tuple[Any, dict[str, Any]]]]:
@@ -175,13 +184,12 @@ def build_targets(policies: Sequence[Any], export_dir: Path, train: Split, evalu
     """
     from reagent_recsys.evaluation.pipeline import Target
 
+    check_policy_paths(policies, export_dir)
     targets, scripted = [], {}
     for entry in policies:
         where = f"evaluation.policies[{entry.name}]"
         if entry.kind == "torchscript":
             path = Path(entry.path) if entry.path else export_dir / "policy.pt"
-            if entry.path is None and not path.exists():
-                raise FileNotFoundError(f"{path}: no exported policy; run workflow.export first")
             module, metadata = load_torchscript(path)
             if entry.greedy is not None:
                 metadata = {**metadata, "greedy": entry.greedy}
