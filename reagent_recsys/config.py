@@ -301,9 +301,11 @@ class CandidatePolicyConfig(StrictModel):
 
 
 class EvaluationConfig(StrictModel):
-    """Stage 6, workflow.evaluate: counterfactual policy evaluation and simulator ground truth."""
+    """Stage 6, workflow.evaluate: counterfactual policy evaluation (and, with an `env`, simulator ground truth)."""
 
-    ground_truth_episodes: int = Field(2000, gt=0, description="Simulated episodes for the true value.")
+    ground_truth_episodes: int = Field(
+        2000, gt=0, description="Simulated episodes for the true value (only with an `env`)."
+    )
     gamma: float = Field(
         1.0, ge=0, le=1, description="Discount of the sequential estimates and of the simulated true returns "
         "(1.0: the undiscounted episode return, comparable with the simulator's ground truth)."
