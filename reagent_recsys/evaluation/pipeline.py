@@ -88,18 +88,21 @@ def logged_values(cfg: EvaluationConfig, seed: int, evaluation: Split) -> dict[s
                                                                    episodes.num_episodes, spec)}
 
 
-def _separated(a: Estimate, b: Estimate, a_is_logging: bool, b_is_logging: bool) -> bool:
-    if b_is_logging and a.relative_lower is not None and a.relative_upper is not None:  # paired with the logs
-        return not a.relative_lower <= 1.0 <= a.relative_upper
-    if a_is_logging and b.relative_lower is not None and b.relative_upper is not None:
-        return not b.relative_lower <= 1.0 <= b.relative_upper
-    return a.upper < b.lower or b.upper < a.lower
+def _separated(a: tuple[str, Estimate], b: tuple[str, Estimate], logging: Estimate) -> bool:
+    """Whether the intervals of `a` and `b` separate them. Against the logging policy, when its value is
+    clearly positive: the candidate's relative interval (paired resamples) excludes 1; else the intervals are
+    disjoint."""
+    (name_a, ea), (name_b, eb) = a, b
+    paired = logging.lower > 0 and LOGGING in (name_a, name_b)
+    candidate = eb if name_a == LOGGING else ea
+    if paired and candidate.relative_lower is not None and candidate.relative_upper is not None:
+        return not candidate.relative_lower <= 1.0 <= candidate.relative_upper
+    return ea.upper < eb.lower or eb.upper < ea.lower
 
 
 def rank(policies: list[PolicyCPE], logging: dict[str, Estimate]) -> dict[str, dict[str, Any]]:
     """Per estimator ("sequential/DR", ...): every candidate and the logging policy, best first, with intervals,
-    and the pairs whose intervals do not separate them (against the logging policy: the candidate's relative
-    interval contains 1; between candidates: their intervals overlap)."""
+    and the pairs whose intervals do not separate them (`_separated`)."""
     keys = list(dict.fromkeys(f"{section}/{e.name}" for p in policies for section in ("one_step", "sequential")
                               for e in getattr(p, section)))
     ranking = {}
@@ -108,8 +111,8 @@ def rank(policies: list[PolicyCPE], logging: dict[str, Estimate]) -> dict[str, d
         entries = [(p.name, est) for p in policies if (est := p.estimate(key)) is not None]
         entries.append((LOGGING, logging[section]))
         entries.sort(key=lambda item: -item[1].value if np.isfinite(item[1].value) else np.inf)
-        unresolved = [[a, b] for (a, ea), (b, eb) in itertools.combinations(entries, 2)
-                      if not _separated(ea, eb, a == LOGGING, b == LOGGING)]
+        unresolved = [[a[0], b[0]] for a, b in itertools.combinations(entries, 2)
+                      if not _separated(a, b, logging[section])]
         ranking[key] = {"order": [{"name": name, "value": est.to_dict()["value"], "lower": est.to_dict()["lower"],
                                    "upper": est.to_dict()["upper"]} for name, est in entries],
                         "not_separated": unresolved}

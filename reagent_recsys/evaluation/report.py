@@ -66,13 +66,13 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         verdict = f"{policy['name']}: no model-based estimate (see the report)"
     else:
         est = values[first]
-        rel, rel_lo, rel_hi = est.get("relative"), est.get("relative_lower"), est.get("relative_upper")
-        relation = "not distinguishable from"
-        if _finite(rel_lo) and rel_lo > 1:
-            relation = "better than"
-        elif _finite(rel_hi) and rel_hi < 1:
-            relation = "worse than"
-        ratio = f" ({rel:.2f}x)" if _finite(rel) else ""
+        key = f"{section}/{first}"
+        unresolved = report["ranking"].get(key, {}).get("not_separated", [])
+        relation = "better than" if est["value"] > logging else "worse than"
+        if sorted([policy["name"], "logging"]) in [sorted(pair) for pair in unresolved]:
+            relation = "not distinguishable from"
+        rel = est.get("relative")
+        ratio = f" ({rel:.2f}x)" if _finite(rel) and logging > 0 else ""
         verdict = (f"{policy['name']} ≈ {_num(est['value'])} [{_num(est['lower'])}, {_num(est['upper'])}] by {first}"
                    f"{ratio}: {relation} the logging policy's {_num(logging)}")
         if _finite(truth):
@@ -162,9 +162,8 @@ def _plot_estimates(ax: Any, report: dict[str, Any], section: str, title: str, y
     ax.set_xlim(-0.5, len(estimates) - 0.2)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    if notes:
-        ax.text(0.01, 0.01, "\n".join(textwrap.shorten(n, 70) for n in notes), transform=ax.transAxes,
-                fontsize=6.5, color="dimgray", va="bottom")
+    if notes:  # under the axis, where no point can hide them
+        ax.set_xlabel("\n".join(textwrap.shorten(n, 95) for n in notes), fontsize=7.5, color="dimgray")
     ax.legend(fontsize=7, loc="best")
 
 
@@ -206,9 +205,9 @@ def plot_report(report: dict[str, Any], path: str | Path) -> None:
         _plot_curve(axes[0, 0], report)
         legend = "green: truth inside, red: outside; " if "ground_truth" in report else ""
         _plot_estimates(axes[0, 1], report, "sequential", f"(b) Sequential CPE of {report['policies'][0]['name']} "
-                        f"({legend}grey hollow: do not trust)", f"mean return (gamma={report['gamma']:g})")
-        _plot_estimates(axes[1, 0], report, "one_step", f"(c) One-step CPE of {report['policies'][0]['name']}",
-                        "mean reward per decision")
+                        f"({legend}orange: caution, grey hollow: do not trust)", f"mean return (gamma={report['gamma']:g})")
+        _plot_estimates(axes[1, 0], report, "one_step", f"(c) One-step CPE of {report['policies'][0]['name']} "
+                        "(reward per decision)", "mean reward per decision")
         _plot_ranking(axes[1, 1], report)
         fig.tight_layout(rect=(0, 0, 1, 0.95))
         fig.savefig(path, dpi=100)

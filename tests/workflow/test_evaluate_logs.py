@@ -124,3 +124,26 @@ def test_a_bad_table_fails_with_one_line(run_dir, change, message):
     with pytest.raises(EvaluationDataError, match=message) as info:
         evaluate(config)
     assert "\n" not in str(info.value)
+
+
+def test_logs_run_training_curve_is_per_epoch_cpe_of_the_checkpoints(tmp_path):
+    """train -> export -> evaluate with no env: the curve is the checkpoints' CPE, the exported policy headlines."""
+    from reagent_recsys.data.synthetic import write_synthetic_run
+    from workflow.export import export
+    from workflow.train import train
+
+    write_synthetic_run(tmp_path, 2000, eval_rows=1000, num_features=6, num_actions=5, row_group_size=250)
+    config = validate_config({"output_dir": str(tmp_path), "seed": 3, "training": {
+        "epochs": 2, "batch_size": 128, "hidden_sizes": [32, 16], "shuffle_buffer": 500, "torch_threads": 1},
+        "evaluation": {"fqe_iterations": 3, "fqe_epochs": 1, "reward_model_epochs": 2, "model_bootstrap_fits": 1,
+                       "bootstrap_samples": 40, "history_decays": []}})
+    train(config)
+    export(config)
+    summary = evaluate(config)
+    report = json.loads(Path(summary["report_json"]).read_text())
+    assert [p["epoch"] for p in report["training_curve"]] == [1, 2]
+    for point in report["training_curve"]:
+        wdr = point["sequential/WDR"]
+        assert wdr["lower"] <= wdr["value"] <= wdr["upper"]
+    assert report["policies"][0]["name"] == "policy" and "TorchScript" in report["policies"][0]["source"]
+    assert "ground_truth" not in report and summary["summary"]["truth"] is None
