@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reagent_recsys.evaluation.fqe import FittedQ, fit_fqe, fit_reward_model, resample_groups
+from reagent_recsys.evaluation.fqe import FittedQ, fit_fqe, fit_reward_model, refit_on_resamples
 
 # fit(row_sets, seeds, init, budget) -> one fitted model per (rows, seed); budget = FQE iterations or epochs.
 EnsembleFit = Callable[[list[np.ndarray], list[int], "FittedQ | None", int], list[FittedQ]]
@@ -43,7 +43,7 @@ class FitPlan:
 
     refit_fraction 1: the refits are cold, full-budget fits, so all M = K + 1 models are fitted together;
     below 1: the refits are warm-started from the main fit with that fraction of the budget (at least 1).
-    Deterministic per (episodes, refits, seed): refit k uses seed + 1000 (k + 1).
+    Deterministic per (episodes, refits, seed): `fqe.refit_on_resamples` draws the resamples and seeds.
     """
 
     refits: int
@@ -51,9 +51,9 @@ class FitPlan:
     seed: int
 
     def refit_rows(self, episode_key: np.ndarray) -> tuple[list[np.ndarray], list[int]]:
-        rng = np.random.default_rng([self.seed, 7])
-        rows = [resample_groups(episode_key, rng) for _ in range(self.refits)]
-        return rows, [self.seed + 1000 * (k + 1) for k in range(self.refits)]
+        """The K refits' (rows, seed): `refit_on_resamples`' resamples and seeds, collected instead of fitted."""
+        plan = refit_on_resamples(lambda rows, seed: (rows, seed), episode_key, self.refits, self.seed)
+        return [rows for rows, _ in plan], [seed for _, seed in plan]
 
     def fit(self, fit: EnsembleFit, episode_key: np.ndarray, budget: int) -> list[FittedQ]:
         """[main fit, refit 1, ..., refit K] with `fit(row_sets, seeds, init, budget)`."""
