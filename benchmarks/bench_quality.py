@@ -8,7 +8,7 @@ call only re-tabulates). From `evaluation/report.json`: the learned policy's tru
 interval), the random / always-sweetest / always-bitterest / logging baselines, and the sequential DR and WDR
 estimates with their intervals, whether the truth is inside and whether they are within 10% of it.
 Ranking: the random, always-sweetest and always-bitterest policies are evaluated here with the same sequential
-estimators (FQE fit per policy, `workflow.evaluate.sequential_cpe`), and their order by DR (WDR) is compared with
+estimators (FQE fit per policy, `reagent_recsys.evaluation.pipeline.run_cpe`), and their order by DR (WDR) is compared with
 the order of the true returns; two policies whose true intervals overlap count as tied (any order is right).
 A misordered pair is listed, marked "(unresolved)" when the estimator's own intervals for the two overlap.
 `e2e s` is the sum of the stage times recorded in `<out>/<config>/_stages.json` when each stage last ran.
@@ -37,16 +37,12 @@ from reagent_recsys.evaluation.ground_truth import (  # noqa: E402
     env_factory,
     logging_probabilities,
 )
+from reagent_recsys.evaluation.inputs import read_features_description, read_split, state_layout  # noqa: E402
+from reagent_recsys.evaluation.pipeline import Target, run_cpe  # noqa: E402
+from reagent_recsys.evaluation.progress import Progress  # noqa: E402
 from reagent_recsys.policies.logging import build_policy  # noqa: E402
+from reagent_recsys.schema import FEATURES_FILE  # noqa: E402
 from workflow.end_to_end import LEDGER_FILE, end_to_end  # noqa: E402
-from workflow.evaluate import (  # noqa: E402
-    add_model_state,
-    model_state,
-    network_layout,
-    read_split,
-    sequential_cpe,
-    state_layout,
-)
 
 CONFIGS = ("sweet_bitter", "sweet_bitter_latent", "sweet_bitter_bandit")
 BASELINES = {
@@ -58,29 +54,26 @@ ESTIMATORS = ("DR", "WDR")
 
 
 def baseline_estimates(config: PipelineConfig) -> dict[str, dict[str, dict[str, float]]]:
-    """{baseline: {estimator: estimate dict}}: DR and WDR of each fixed baseline policy on the eval split."""
+    """{baseline: {estimator: estimate dict}}: DR and WDR of each fixed baseline policy on the eval split (one
+    CPE-library run with the baselines as candidates: FQE fit per policy)."""
     out = Path(config.output_dir)
     table_dir = out / "training_table"
     manifest = read_table_metadata(table_dir / "eval")
-    table_ids = [int(f) for f in manifest["feature_ids"]]
+    table_ids, action_names = [int(f) for f in manifest["feature_ids"]], [str(a) for a in manifest["action_names"]]
     train, evaluation = read_split(table_dir / "train"), read_split(table_dir / "eval")
+    layout = state_layout(table_ids, read_features_description(out / "mdp" / FEATURES_FILE), action_names)
     probe = env_factory(config.env)(1, np.random.default_rng(0))
-    layout = state_layout(table_ids, list(probe.features), [str(a) for a in manifest["action_names"]],
-                          int(probe.num_actions))
-    train, evaluation = (add_model_state(s, layout, config.evaluation.history_decays) for s in (train, evaluation))
-    network = network_layout(config, layout, model_state(train).shape[1])
     columns = document_columns(table_ids, probe.features, int(probe.num_actions))
     if columns is None:
         raise ValueError(f"{table_dir}: the candidates' clickbait is not in the state; cannot evaluate baselines")
-    slots = action_slots([str(a) for a in manifest["action_names"]], int(probe.num_actions))
-    found: dict[str, dict[str, dict[str, float]]] = {}
+    slots = action_slots(action_names, int(probe.num_actions))
+    targets = []
     for name, policy_config in BASELINES.items():
         policy = build_policy(policy_config, field=f"baseline {name}")
-        target = logging_probabilities(policy, evaluation["state"], columns, slots)  # (N, A)
-        train_target = logging_probabilities(policy, train["state"], columns, slots)  # (N, A) pi(.|s)
-        estimates = sequential_cpe(config, train, evaluation, target, train_target, network=network)
-        found[name] = {e.name: e.to_dict() for e in estimates if e.name in ESTIMATORS}
-    return found
+        targets.append(Target(name, name, logging_probabilities(policy, evaluation["state"], columns, slots),
+                              logging_probabilities(policy, train["state"], columns, slots)))
+    report = run_cpe(config.evaluation, config.seed, train, evaluation, targets, layout, Progress("bench_quality"))
+    return {p.name: {e.name: e.to_dict() for e in p.sequential if e.name in ESTIMATORS} for p in report.policies}
 
 
 def misordered_pairs(truth: dict[str, dict[str, float]], estimate: dict[str, dict[str, float]]) -> list[str]:
@@ -104,7 +97,7 @@ def run(name: str, out_root: Path, overrides: list[str]) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     report = json.loads((Path(config.output_dir) / "evaluation" / "report.json").read_text())
     truth = {p["name"]: p for p in report["ground_truth"]["policies"]}
-    learned = {e["name"]: e for e in report["sequential"]["estimates"]}
+    learned = {e["name"]: e for e in report["policies"][0]["sequential"]}
     baselines = baseline_estimates(config)
     ranks = {}
     truth4 = {"learned": truth["policy"], **{b: truth[b] for b in BASELINES}}

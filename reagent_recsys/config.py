@@ -226,7 +226,10 @@ class TimelineConfig(StrictModel):
         None, description="Output directory of the timeline (any Hadoop-compatible path); null: output_dir/timeline."
     )
     multi_steps: int = Field(1, ge=1, le=1000, description="n of the n-step transitions (1 = one-step).")
-    gamma: float = Field(0.99, ge=0, le=1, description="Discount used for n-step rewards.")
+    gamma: float = Field(
+        0.99, ge=0, le=1, description="Discount of the n-step rewards; follows training.gamma when unset (set both "
+        "only to the same value: a mismatch is a config error)."
+    )
     eval_fraction: float = Field(0.2, ge=0, lt=1, description="Share of episodes (by mdp_id hash) in eval.")
     outlier_episode_length_percentile: float | None = Field(
         None, gt=0, le=1, description="Drop episodes longer than this percentile of episode length; null keeps all."
@@ -343,10 +346,35 @@ class ExportConfig(StrictModel):
     greedy: bool = Field(True, description="Serve (and evaluate) the greedy policy; false: the softmax one.")
 
 
-class EvaluationConfig(StrictModel):
-    """Stage 6, workflow.evaluate: counterfactual policy evaluation and simulator ground truth."""
+class CandidatePolicyConfig(StrictModel):
+    """A policy to evaluate: a TorchScript file or a Parquet table of action probabilities."""
 
-    ground_truth_episodes: int = Field(2000, gt=0, description="Simulated episodes for the true value.")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]+$", description="Name in the report (letters, digits, '_', '-', '.'; not 'logging')."
+    )
+    path: str | None = Field(
+        None, description="A TorchScript file (.pt) with the exported interface (metadata.json beside it or embedded "
+        "gives feature_ids, action_names, greedy), or a Parquet table (file or directory) of action probabilities "
+        "keyed by (mdp_id, sequence_number) with one column per action name, covering every eval row (and every "
+        "train row for FQE, DR, WDR, MAGIC). null: the exported policy, output_dir/export/policy.pt."
+    )
+    greedy: bool | None = Field(
+        None, description="TorchScript only: evaluate its greedy action (true) or its softmax (false); null: its "
+        "metadata's `greedy` (export.greedy), else greedy."
+    )
+
+    @property
+    def kind(self) -> str:
+        """torchscript (path ends in .pt/.pts/.ts, or the exported policy) or table."""
+        return "torchscript" if self.path is None or self.path.endswith((".pt", ".pts", ".ts")) else "table"
+
+
+class EvaluationConfig(StrictModel):
+    """Stage 6, workflow.evaluate: counterfactual policy evaluation (and, with an `env`, simulator ground truth)."""
+
+    ground_truth_episodes: int = Field(
+        2000, gt=0, description="Simulated episodes for the true value (only with an `env`)."
+    )
     gamma: float = Field(
         1.0, ge=0, le=1, description="Discount of the sequential estimates and of the simulated true returns "
         "(1.0: the undiscounted episode return, comparable with the simulator's ground truth)."
@@ -400,6 +428,20 @@ class EvaluationConfig(StrictModel):
         "the main fit and understate its error). 1: each refit is a full fit from scratch with its own seed (an "
         "independent ensemble member; K times the main fit's cost)."
     )
+    policies: list[CandidatePolicyConfig] = Field(
+        default_factory=lambda: [CandidatePolicyConfig(name="policy")],
+        description="The policies to evaluate and rank against the logging policy; the first one headlines the "
+        "summary. Default: the exported policy alone, named `policy`."
+    )
+
+    @model_validator(mode="after")
+    def _policy_names_unique(self) -> EvaluationConfig:
+        names = [p.name for p in self.policies]
+        if not names:
+            raise ValueError("policies: name at least one policy (e.g. [{name: policy}] for the exported one)")
+        if "logging" in names or len(set(names)) != len(names):
+            raise ValueError(f"policies: names must be unique and not 'logging', got {names}")
+        return self
 
 
 class SparkConfig(StrictModel):
@@ -545,6 +587,18 @@ class PipelineConfig(StrictModel):
     spark: SparkConfig = Field(default_factory=SparkConfig, description="Spark session settings.")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="workflow.serve: the policy server.")
     iterate: IterateConfig = Field(default_factory=IterateConfig, description="workflow.iterate: the closed loop.")
+
+    @model_validator(mode="after")
+    def _one_gamma(self) -> PipelineConfig:
+        # timeline.gamma makes the n-step rewards that training.gamma bootstraps after: one discount.
+        if "gamma" not in self.timeline.model_fields_set:
+            if self.timeline.gamma != self.training.gamma:
+                self.timeline = self.timeline.model_copy(update={"gamma": self.training.gamma})
+        elif self.timeline.gamma != self.training.gamma:
+            raise ValueError(f"timeline.gamma ({self.timeline.gamma:g}) and training.gamma ({self.training.gamma:g}) "
+                             "must agree: the n-step rewards and the bootstrap use one discount (set training.gamma "
+                             "only; timeline.gamma follows it)")
+        return self
 
     @model_validator(mode="after")
     def _logging_needs_env(self) -> PipelineConfig:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 
 
@@ -21,6 +22,19 @@ class Column:
     type: pa.DataType
     description: str
     nullable: bool = False
+    flag: bool = False  # 0/1 int8 values (or lists of them) that readers hand out as bool
+    batch_dtype: str | None = None  # numpy dtype of training batches when narrower than the read dtype
+
+    @property
+    def is_list(self) -> bool:
+        return pa.types.is_list(self.type)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The numpy dtype a reader hands out (of the elements for list columns): flags become bool."""
+        if self.flag:
+            return np.dtype(bool)
+        return np.dtype((self.type.value_type if self.is_list else self.type).to_pandas_dtype())
 
 
 @dataclass(frozen=True)
@@ -31,6 +45,10 @@ class TableSchema:
     @property
     def names(self) -> list[str]:
         return [c.name for c in self.columns]
+
+    def dtypes(self, batch: bool = False) -> dict[str, np.dtype]:
+        """Column name -> numpy dtype of the arrays read from the table (`batch`: of training batches)."""
+        return {c.name: np.dtype(c.batch_dtype) if batch and c.batch_dtype else c.dtype for c in self.columns}
 
     def column(self, name: str) -> Column:
         for c in self.columns:
@@ -194,16 +212,19 @@ TRAINING = TableSchema(
         Column("mdp_key", pa.int64(), "Integer episode key (stable hash of mdp_id)."),
         Column("sequence_number", pa.int64(), "Logged sequence number (orders steps for sequential CPE)."),
         Column("state", pa.list_(pa.float32()), "(F,) raw feature values in feature_ids order; 0 when absent."),
-        Column("state_presence", pa.list_(pa.int8()), "(F,) 1 where the feature was logged."),
+        Column("state_presence", pa.list_(pa.int8()), "(F,) 1 where the feature was logged.", flag=True),
         Column("action", pa.int64(), "Index of the logged action in action_names."),
-        Column("action_probability", pa.float64(), "Logging propensity of the action."),
-        Column("reward", pa.float64(), "One-step reward."),
-        Column("n_step_reward", pa.float64(), "Discounted n-step reward (equals reward when n = 1)."),
+        Column("action_probability", pa.float64(), "Logging propensity of the action.", batch_dtype="float32"),
+        Column("reward", pa.float64(), "One-step reward.", batch_dtype="float32"),
+        Column("n_step_reward", pa.float64(), "Discounted n-step reward (equals reward when n = 1).",
+               batch_dtype="float32"),
         Column("next_state", pa.list_(pa.float32()), "(F,) state n_steps ahead; zeros when terminal."),
-        Column("next_state_presence", pa.list_(pa.int8()), "(F,) presence of next_state; zeros when terminal."),
+        Column("next_state_presence", pa.list_(pa.int8()), "(F,) presence of next_state; zeros when terminal.",
+               flag=True),
         Column("next_action", pa.int64(), "Index of the logged next action; 0 when terminal."),
-        Column("possible_actions_mask", pa.list_(pa.int8()), "(A,) 1 for actions possible at this step."),
-        Column("possible_next_actions_mask", pa.list_(pa.int8()), "(A,) possible next actions; zeros when terminal."),
+        Column("possible_actions_mask", pa.list_(pa.int8()), "(A,) 1 for actions possible at this step.", flag=True),
+        Column("possible_next_actions_mask", pa.list_(pa.int8()), "(A,) possible next actions; zeros when terminal.",
+               flag=True),
         Column("not_terminal", pa.bool_(), "False on the episode's last transition."),
         Column("time_diff", pa.int64(), "Sequence-number gap to the next state."),
         Column("n_steps", pa.int64(), "Steps between state and next_state."),

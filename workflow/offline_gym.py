@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from reagent_recsys.artifacts import atomic_directory, package_versions, write_json_atomic
 from reagent_recsys.config import ConfigError, PipelineConfig
-from reagent_recsys.envs.recsim_adapter import make_env, slate_size_of
+from reagent_recsys.envs.base import EnvStep, make_env, run_episodes, slate_size_of
 from reagent_recsys.mdp_writer import (
     EpisodeBatch,
     batch_to_arrow,
@@ -29,8 +29,6 @@ from reagent_recsys.mdp_writer import (
 )
 from reagent_recsys.policies import LoggingPolicy, build_policy
 from reagent_recsys.schema import FEATURES_FILE, MANIFEST_FILE
-
-MAX_STEPS = 100_000  # guard against an env whose episodes never end
 
 METRIC_DESCRIPTIONS = {
     "click": "1 if the user clicked the shown item (always 1 in LTS).",
@@ -47,26 +45,19 @@ def run_batch(env: Any, policy: LoggingPolicy, rng: np.random.Generator, first_e
     """Run the episodes of `env` (already reset, initial `state` (B, F)) to their end under `policy`."""
     users = state.shape[0]
     policy.begin_episodes(users, rng)
-    alive = np.ones(users, dtype=bool)  # (B,)
     log: dict[str, list[np.ndarray]] = {k: [] for k in (
         "states", "actions", "propensities", "rewards", "alive", "click", "engagement", "satisfaction")}
-    for _ in range(MAX_STEPS):
-        slates, propensity = policy.act(env.doc_features, rng)  # (B, S), (B,)
-        result = env.step(slates)
-        log["states"].append(state)
-        log["actions"].append(slates[:, 0])
-        log["propensities"].append(propensity)
-        log["rewards"].append(np.asarray(result.reward, dtype=np.float64))
-        log["alive"].append(alive)
+
+    def record(step: EnvStep) -> None:
+        log["states"].append(step.state)
+        log["actions"].append(step.slates[:, 0])
+        log["propensities"].append(step.info)
+        log["rewards"].append(np.asarray(step.result.reward, dtype=np.float64))
+        log["alive"].append(step.alive)
         for name in ("click", "engagement", "satisfaction"):
-            log[name].append(np.asarray(getattr(result, name), dtype=np.float64))
-        alive = alive & ~np.asarray(result.done, dtype=bool)
-        state = result.state
-        if not alive.any():
-            break
-    else:
-        raise RuntimeError(f"episodes did not end within {MAX_STEPS} steps")
-    steps = len(log["actions"])
+            log[name].append(np.asarray(getattr(step.result, name), dtype=np.float64))
+
+    steps = run_episodes(env, state, lambda _, docs: policy.act(docs, rng), record)  # (B, S) slates, (B,) mu
     metrics = {name: np.stack(log[name]) for name in ("click", "engagement", "satisfaction")}
     component = policy.episode_metrics().get("policy_component", np.zeros(users))
     metrics["policy_component"] = np.broadcast_to(np.asarray(component, dtype=np.float64), (steps, users))

@@ -12,8 +12,9 @@ import queue
 import threading
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, make_dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -25,52 +26,30 @@ import torch
 from reagent_recsys.artifacts import read_manifest
 from reagent_recsys.schema import MANIFEST_FILE, TRAINING, SchemaError
 
-LIST_COLUMNS = ("state", "state_presence", "next_state", "next_state_presence",
-                "possible_actions_mask", "possible_next_actions_mask")
+LIST_COLUMNS = tuple(c.name for c in TRAINING.columns if c.is_list)
+_DTYPES: dict[str, np.dtype] = TRAINING.dtypes(batch=True)  # what batches carry
+_SPLIT_DTYPES: dict[str, np.dtype] = TRAINING.dtypes()  # what whole splits for evaluation carry (float64 rewards)
+COLUMNS = tuple(TRAINING.names)
 
 
 class DataError(ValueError):
     """Rows that break a rule of the training table; the message names the rule, column, count and examples."""
 
 
-@dataclass
-class TrainingBatch:
-    """A batch of transitions as torch tensors (B rows, F features, A actions)."""
-
-    state: torch.Tensor  # (B, F) float32 raw feature values
-    state_presence: torch.Tensor  # (B, F) bool
-    action: torch.Tensor  # (B,) int64
-    reward: torch.Tensor  # (B,) float32
-    n_step_reward: torch.Tensor  # (B,) float32
-    next_state: torch.Tensor  # (B, F) float32
-    next_state_presence: torch.Tensor  # (B, F) bool
-    next_action: torch.Tensor  # (B,) int64
-    possible_actions_mask: torch.Tensor  # (B, A) bool
-    possible_next_actions_mask: torch.Tensor  # (B, A) bool
-    not_terminal: torch.Tensor  # (B,) bool
-    time_diff: torch.Tensor  # (B,) int64
-    n_steps: torch.Tensor  # (B,) int64
-    action_probability: torch.Tensor  # (B,) float32
-    mdp_key: torch.Tensor  # (B,) int64
-    sequence_number: torch.Tensor  # (B,) int64
-
-    def __len__(self) -> int:
-        return int(self.action.shape[0])
-
-    def to(self, device: torch.device | str) -> TrainingBatch:
-        return TrainingBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+def _batch_len(self: Any) -> int:
+    return int(self.action.shape[0])
 
 
-_DTYPES: dict[str, np.dtype] = {
-    "state": np.dtype(np.float32), "state_presence": np.dtype(bool), "action": np.dtype(np.int64),
-    "reward": np.dtype(np.float32), "n_step_reward": np.dtype(np.float32), "next_state": np.dtype(np.float32),
-    "next_state_presence": np.dtype(bool), "next_action": np.dtype(np.int64),
-    "possible_actions_mask": np.dtype(bool), "possible_next_actions_mask": np.dtype(bool),
-    "not_terminal": np.dtype(bool), "time_diff": np.dtype(np.int64), "n_steps": np.dtype(np.int64),
-    "action_probability": np.dtype(np.float32), "mdp_key": np.dtype(np.int64),
-    "sequence_number": np.dtype(np.int64),
-}
-COLUMNS = tuple(_DTYPES)
+def _batch_to(self: Any, device: torch.device | str) -> Any:
+    return type(self)(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+# A batch of transitions as torch tensors, one field per TRAINING column (B rows, F features, A actions; list
+# columns are (B, F) or (B, A), flags are bool, rewards and propensities float32: `TRAINING.dtypes(batch=True)`).
+TrainingBatch = make_dataclass("TrainingBatch", [(name, torch.Tensor) for name in COLUMNS],
+                               namespace={"__len__": _batch_len, "to": _batch_to,
+                                          "__doc__": "A batch of TRAINING rows as torch tensors (one field per "
+                                                     "column, dtypes from TRAINING.dtypes(batch=True))."})
 Chunk = dict[str, np.ndarray]
 
 
@@ -134,8 +113,9 @@ def read_split_arrays(path: str | Path) -> Chunk:
     n_step_reward and action_probability in float64 (batches carry them as float32): what evaluation reads."""
     table = pq.read_table(path)
     split = {name: np.array(values) for name, values in table_to_chunk(table, where=str(path)).items()}
-    for name in ("reward", "n_step_reward", "action_probability"):
-        split[name] = table.column(name).to_numpy().astype(np.float64)
+    for name, dtype in _SPLIT_DTYPES.items():
+        if split[name].dtype != dtype:  # batches narrow these; re-read them at full precision
+            split[name] = table.column(name).to_numpy().astype(dtype)
     return split
 
 

@@ -117,3 +117,29 @@ def write_synthetic_run(output_dir: str | Path, train_rows: int, eval_rows: int 
                                        num_actions, seed=seed + 1, **kwargs)
     synthetic_normalization(manifest["feature_ids"]).save(output_dir / "normalization.json")
     return manifest
+
+
+def write_training_split(path: str | Path, split: dict[str, np.ndarray], row_group_size: int = 4096) -> None:
+    """Write a TRAINING split from its per-step columns (mdp_key, sequence_number, state, action,
+    action_probability, reward, possible_actions_mask; optional state_presence): the 1-step next_* columns,
+    not_terminal and n-step columns are derived from each episode's next row. Atomic; no manifest."""
+    order = np.lexsort((split["sequence_number"], split["mdp_key"]))
+    s = {k: np.asarray(v)[order] for k, v in split.items()}
+    n = len(order)
+    live = np.r_[s["mdp_key"][1:] == s["mdp_key"][:-1], False]  # (N,) the next row is the same episode's
+    nxt = np.where(live, np.minimum(np.arange(n) + 1, n - 1), np.arange(n))
+    presence = s.get("state_presence", np.ones_like(s["state"], dtype=np.int8)).astype(np.int8)
+    mask = s["possible_actions_mask"].astype(np.int8)
+    arrays = {
+        "mdp_key": s["mdp_key"].astype(np.int64), "sequence_number": s["sequence_number"].astype(np.int64),
+        "state": s["state"].astype(np.float32), "state_presence": presence, "action": s["action"].astype(np.int64),
+        "action_probability": s["action_probability"].astype(np.float64), "reward": s["reward"].astype(np.float64),
+        "n_step_reward": s["reward"].astype(np.float64),
+        "next_state": np.where(live[:, None], s["state"][nxt], 0).astype(np.float32),
+        "next_state_presence": np.where(live[:, None], presence[nxt], 0).astype(np.int8),
+        "next_action": np.where(live, s["action"][nxt], 0).astype(np.int64),
+        "possible_actions_mask": mask, "possible_next_actions_mask": np.where(live[:, None], mask[nxt], 0).astype(np.int8),
+        "not_terminal": live, "time_diff": np.ones(n, np.int64), "n_steps": np.ones(n, np.int64),
+    }
+    with atomic_directory(path) as tmp:
+        pq.write_table(arrays_to_table(arrays), tmp / "part-00000.parquet", row_group_size=row_group_size)

@@ -4,6 +4,7 @@ The gymnasium views live in :mod:`reagent_recsys.envs.gym_env` (imported on dema
 ``reagent_recsys/*LTS-v0`` ids).
 """
 
+from reagent_recsys.envs.base import EnvStep, VectorEnv, env_factory, make_env, run_episodes, slate_size_of
 from reagent_recsys.envs.lts import (
     PRESETS,
     FeatureSpec,
@@ -14,4 +15,5 @@ from reagent_recsys.envs.lts import (
     rollout,
 )
 
-__all__ = ["PRESETS", "FeatureSpec", "LTSParams", "StepResult", "VectorLTS", "feature_specs", "rollout"]
+__all__ = ["PRESETS", "EnvStep", "FeatureSpec", "LTSParams", "StepResult", "VectorEnv", "VectorLTS", "env_factory",
+           "feature_specs", "make_env", "rollout", "run_episodes", "slate_size_of"]

@@ -323,19 +323,20 @@ def rollout(
     batch_size: int = 4096,
 ) -> np.ndarray:
     """Run `act(state (B,F), doc_features) -> actions (B,) or slates (B,S)` for num_episodes; return the
-    (num_episodes,) undiscounted returns: the simulator's own quick check for stateless policies (the
-    evaluation stage uses reagent_recsys.evaluation.ground_truth.simulate, which also serves recsim envs and
-    policies with per-episode state)."""
+    (num_episodes,) undiscounted returns: the simulator's own quick check for stateless policies (through the
+    one rollout loop, `envs.base.run_episodes`)."""
+    from reagent_recsys.envs.base import run_episodes
+
     if num_episodes < 1 or batch_size < 1:
         raise ValueError(f"num_episodes and batch_size must be >= 1, got {num_episodes}, {batch_size}")
     returns = []
     for start in range(0, num_episodes, batch_size):
         env = VectorLTS(params, min(batch_size, num_episodes - start), rng)
-        state = env.reset()
         total = np.zeros(env.num_users)  # (B,)
-        for _ in range(params.time_budget):
-            result = env.step(act(state, env.doc_features))
-            total += result.reward
-            state = result.state
+
+        def add(step, total: np.ndarray = total) -> None:
+            total += np.where(step.alive, step.result.reward, 0.0)
+
+        run_episodes(env, env.reset(), lambda state, docs: (act(state, docs), None), add)
         returns.append(total)
     return np.concatenate(returns)

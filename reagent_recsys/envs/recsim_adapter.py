@@ -50,7 +50,6 @@ from reagent_recsys.envs.lts import (
     FeatureSpec,
     LTSParams,
     StepResult,
-    VectorLTS,
     observed_specs,
 )
 
@@ -411,16 +410,7 @@ class _SwappedGlobalRNG:
         np.random.set_state(self._saved)
 
 
-def make_env(env_config: EnvConfig, num_users: int, rng: np.random.Generator) -> VectorLTS | RecsimVectorEnv:
-    """The simulator `env.type` asks for: our `VectorLTS` (`lts`) or google recsim (`recsim`)."""
-    if env_config.type == "lts":
-        return VectorLTS(LTSParams.from_config(env_config), num_users, rng)
-    if env_config.type == "recsim":
-        return RecsimVectorEnv(env_config, num_users, rng)
-    raise ConfigError(f"env.type: unknown simulator {env_config.type!r} (allowed: lts, recsim)")
+# The one factory and slate_size_of live in envs.base (re-exported here for existing imports).
+from reagent_recsys.envs.base import make_env, slate_size_of  # noqa: E402
 
-
-def slate_size_of(env: VectorLTS | RecsimVectorEnv) -> int:
-    """Items per slate of a VectorLTS (params.slate_size) or recsim adapter (slate_size) env."""
-    params = getattr(env, "params", None)
-    return int(getattr(params, "slate_size", None) or getattr(env, "slate_size", 1))
+__all__ = ["RecsimVectorEnv", "make_env", "register_recsim_env", "registered_recsim_envs", "slate_size_of"]

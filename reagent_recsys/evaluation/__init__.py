@@ -1,7 +1,9 @@
 """Counterfactual policy evaluation: one-step and sequential estimators, FQE, each with a bootstrap interval.
 
 Every estimator returns an ``Estimate`` (value, 95% interval, value relative to the logged policy and its
-interval); see ``bootstrap`` for what "relative" means.
+interval); see ``bootstrap`` for what "relative" means. The whole pipeline (model fits and refits, every
+estimator, trust diagnostics, ranking of candidates) is ``pipeline.run_cpe``: it needs a training table's splits
+and target probabilities, never a simulator (simulator ground truth is ``simulated``, used only with an env).
 """
 
 from reagent_recsys.evaluation.bootstrap import BootstrapSpec, Estimate, EvaluationDataError
@@ -17,6 +19,7 @@ from reagent_recsys.evaluation.one_step import (
     self_normalized_weights,
     switch_doubly_robust,
 )
+from reagent_recsys.evaluation.pipeline import CPEReport, Target, run_cpe
 from reagent_recsys.evaluation.sequential import (
     EpisodeData,
     pad_episodes,
@@ -31,11 +34,13 @@ from reagent_recsys.evaluation.suite import evaluate_sequential
 __all__ = [
     "BanditData",
     "BootstrapSpec",
+    "CPEReport",
     "EpisodeData",
     "Estimate",
     "EvaluationDataError",
     "FittedQ",
     "MagicBlend",
+    "Target",
     "direct_method",
     "doubly_robust",
     "evaluate_one_step",
@@ -48,6 +53,7 @@ __all__ = [
     "magic_blend",
     "pad_episodes",
     "per_decision_importance_sampling",
+    "run_cpe",
     "self_normalized_ips",
     "self_normalized_weights",
     "sequential_direct_method",

@@ -15,8 +15,9 @@ logging policy on the same data (1.0 = as good as the logged actions).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import make_dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,30 +36,32 @@ from reagent_recsys.evaluation.sequential import (
     weighted_doubly_robust,
     weighted_per_decision_importance_sampling,
 )
+from reagent_recsys.schema import TRAINING
+
+EVAL_COLUMNS = ("state", "state_presence", "action", "action_probability", "reward", "possible_actions_mask",
+                "mdp_key", "sequence_number")
 
 
-@dataclass
-class EvalSplit:
-    """The eval split's columns that the per-epoch CPE needs, as numpy arrays (N rows, F features, A actions)."""
+def _split_len(self: Any) -> int:
+    return len(self.action)
 
-    state: np.ndarray  # (N, F) float32 raw feature values
-    state_presence: np.ndarray  # (N, F) bool
-    action: np.ndarray  # (N,) int64 logged action index
-    action_probability: np.ndarray  # (N,) float64 logging propensity
-    reward: np.ndarray  # (N,) float64 one-step reward
-    possible_actions_mask: np.ndarray  # (N, A) bool
-    mdp_key: np.ndarray  # (N,) int64
-    sequence_number: np.ndarray  # (N,) int64
 
-    @classmethod
-    def read(cls, path: str | Path) -> EvalSplit:
-        """Read a training-table split (checked by the loaders' rules)."""
-        s = read_split_arrays(path)
-        return cls(s["state"], s["state_presence"], s["action"], s["action_probability"], s["reward"],
-                   s["possible_actions_mask"], s["mdp_key"], s["sequence_number"])
+def _read(cls: type, path: str | Path) -> Any:
+    """Read a training-table split (checked by the loaders' rules)."""
+    return cls.from_arrays(read_split_arrays(path))
 
-    def __len__(self) -> int:
-        return len(self.action)
+
+def _from_arrays(cls: type, split: dict[str, np.ndarray]) -> Any:
+    """The EVAL_COLUMNS of a whole split (`read_split_arrays` output), cast to the TRAINING read dtypes."""
+    return cls(**{name: np.asarray(split[name]).astype(TRAINING.dtypes()[name], copy=False) for name in EVAL_COLUMNS})
+
+
+# The eval split's columns that the per-epoch CPE needs as numpy arrays, typed by `TRAINING` (N rows, F features,
+# A actions): state (N, F) float32, state_presence (N, F) bool, action (N,) int64, action_probability and reward
+# (N,) float64, possible_actions_mask (N, A) bool, mdp_key and sequence_number (N,) int64.
+EvalSplit = make_dataclass("EvalSplit", [(name, np.ndarray) for name in EVAL_COLUMNS], namespace={
+    "__len__": _split_len, "read": classmethod(_read), "from_arrays": classmethod(_from_arrays),
+    "__doc__": "The eval split's columns the per-epoch CPE needs (TRAINING's names and read dtypes)."})
 
 
 def greedy_probabilities(q_values: np.ndarray, possible: np.ndarray) -> np.ndarray:

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from reagent_recsys.config import EnvConfig, PipelineConfig
+from reagent_recsys.config import PipelineConfig
+from reagent_recsys.envs.base import EnvFactory, EnvStep, run_episodes, slate_size_of
+from reagent_recsys.envs.base import env_factory as env_factory  # re-exported: the one factory
 from reagent_recsys.envs.lts import DOC_ID_BASE, SATISFACTION_ID, FeatureSpec, LTSParams
-from reagent_recsys.envs.recsim_adapter import make_env, slate_size_of
 from reagent_recsys.policies.logging import (
     GreedyPolicy,
     LoggingPolicy,
@@ -32,8 +33,6 @@ from reagent_recsys.policies.logging import (
 )
 
 DocFeatures = Mapping[str, np.ndarray]  # name -> (B, N)
-EnvFactory = Callable[[int, np.random.Generator], Any]  # (num_users, rng) -> VectorLTS-like env
-MAX_STEPS = 100_000
 Z95 = 1.959963984540054
 
 
@@ -122,11 +121,6 @@ class ServedPolicyActor(Actor):
 
 
 # ------------------------------------------------------------------------------------- simulation
-def env_factory(env: EnvConfig) -> EnvFactory:
-    """(num_users, rng) -> a simulator of `env` (recsim is imported only for env.type recsim)."""
-    return lambda num_users, rng: make_env(env, num_users, rng)
-
-
 def simulate(make: EnvFactory, actor: Actor, num_episodes: int, seed: int, batch_size: int = 4096,
              gamma: float = 1.0) -> np.ndarray:
     """(num_episodes,) discounted returns sum_t gamma^t r_t of `actor`; batch i uses rngs derived from (seed, i)."""
@@ -139,19 +133,17 @@ def simulate(make: EnvFactory, actor: Actor, num_episodes: int, seed: int, batch
         env = make(min(batch_size, num_episodes - start), env_rng)
         state = env.reset()
         actor.begin_episodes(env.num_users, policy_rng)
-        alive = np.ones(env.num_users, dtype=bool)  # (B,)
         total = np.zeros(env.num_users)  # (B,)
         cycle = np.arange(slate_size_of(env))  # (S,): the slate is the chosen slot and the next S-1 (cyclic)
-        for t in range(MAX_STEPS):
-            first = actor.act(state, env.doc_features, policy_rng)  # (B,)
-            result = env.step((first[:, None] + cycle) % env.num_actions)  # (B, S)
-            total += np.where(alive, gamma ** t * np.asarray(result.reward, dtype=np.float64), 0.0)
-            alive &= ~np.asarray(result.done, dtype=bool)
-            state = result.state
-            if not alive.any():
-                break
-        else:
-            raise RuntimeError(f"episodes did not end within {MAX_STEPS} steps")
+
+        def act(state: np.ndarray, docs: DocFeatures, env: Any = env, cycle: np.ndarray = cycle,
+                rng: np.random.Generator = policy_rng) -> tuple[np.ndarray, None]:
+            return (actor.act(state, docs, rng)[:, None] + cycle) % env.num_actions, None
+
+        def add(step: EnvStep, total: np.ndarray = total) -> None:
+            total += np.where(step.alive, gamma ** step.t * np.asarray(step.result.reward, dtype=np.float64), 0.0)
+
+        run_episodes(env, state, act, add)
         returns.append(total)
     return np.concatenate(returns)
 

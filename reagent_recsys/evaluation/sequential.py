@@ -7,7 +7,7 @@ v_t = sum_a pi(a|s_t) Q(s_t, a). Episodes are padded to T steps; past its end an
 q and v are 0 and the weight stays constant (ratio 1), so shorter episodes keep counting in the normalizers.
 
 Intervals resample whole episodes. The baseline is the mean discounted return of the logged episodes. For the
-model-based estimators (FQE's value, DR, WDR, MAGIC) that interval holds the model fixed; workflow.evaluate adds
+model-based estimators (FQE's value, DR, WDR, MAGIC) that interval holds the model fixed; evaluation.cpe adds
 FQE refits on bootstrap resamples of the training episodes and combines the fits (`bootstrap.combine_model_fits`:
 their mean, total variance = within + (1 + 1/M) between).
 """
@@ -223,7 +223,7 @@ def sequential_direct_method(data: EpisodeData, spec: BootstrapSpec, name: str =
     """DM: the model's value of the initial states, V = 1/n sum_i v_0^i (with FQE's Q: the FQE estimate).
 
     The interval resamples episodes with the model held fixed: it omits the model's own fitting error. The
-    workflow (workflow.evaluate) adds it for every model-based estimator (this one, DR, WDR, MAGIC) with
+    CPE pipeline (evaluation.cpe) adds it for every model-based estimator (this one, DR, WDR, MAGIC) with
     `bootstrap.combine_model_fits`: the model is refit on bootstrap resamples of the training episodes.
     """
     _, v = data.model_terms()

@@ -10,7 +10,7 @@ import torch
 from reagent_recsys.evaluation import EvaluationDataError, fit_fqe, fit_reward_model
 from reagent_recsys.evaluation.fqe import QNetwork, next_step_index
 from reagent_recsys.evaluation.history import StateLayout, history_features
-from workflow.evaluate import MODEL_STATE, add_model_state
+from reagent_recsys.evaluation.inputs import MODEL_STATE, add_model_state
 
 
 def reference_history(key, seq, x, decay):

@@ -95,7 +95,8 @@ def test_job_on_a_standalone_cluster_equals_local_mode(spark, tmp_path, standalo
     run_timeline(spark, make_config(local_root, **timeline))
 
     config_path = tmp_path / "cluster.yaml"
-    config_path.write_text(json.dumps({"output_dir": str(cluster_root), "timeline": timeline}))  # JSON is YAML
+    config_path.write_text(json.dumps({"output_dir": str(cluster_root), "timeline": timeline,  # JSON is YAML
+                                       "training": {"gamma": timeline["gamma"]}}))
     job = subprocess.run(
         [str(VENV_BIN / "spark-submit"), "--master", url, "--conf", "spark.driver.host=127.0.0.1",
          "--conf", "spark.executor.memory=512m", str(ROOT / "preprocessing" / "timeline_job.py"), str(config_path)],

@@ -47,7 +47,9 @@ def write_mdp(root: Path, rows: list[dict], schema: pa.Schema | None = None) -> 
 
 
 def make_config(root: Path, **timeline):
-    return validate_config({"output_dir": str(root), "timeline": {"eval_fraction": 0.0, **timeline}})
+    training = {"gamma": timeline["gamma"]} if "gamma" in timeline else {}  # one discount: they must agree
+    return validate_config({"output_dir": str(root), "timeline": {"eval_fraction": 0.0, **timeline},
+                            "training": training})
 
 
 def read_split(spark, root: Path, split: str) -> list[dict]:

@@ -132,7 +132,7 @@ def run_cli(config_path: Path, *overrides: str, wait: bool = True):
 
 def test_killed_run_leaves_no_partial_table(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text(f"output_dir: {tmp_path / 'out'}\nlogging:\n  num_episodes: 8\n")
+    path.write_text(f"output_dir: {tmp_path / 'out'}\nenv: {{}}\nlogging:\n  num_episodes: 8\n")
     assert run_cli(path).returncode == 0
     before = read_mdp(tmp_path / "out" / "mdp")
     proc = run_cli(path, "logging.num_episodes=3000000", "logging.batch_size=2000", "seed=9", wait=False)
@@ -153,9 +153,9 @@ def test_killed_run_leaves_no_partial_table(tmp_path):
     ("env:\n  time_budget: 0\n", r"env\.time_budget: Input should be greater than 0 \(got 0\)"),
     ("env:\n  slate_size: 25\n", r"env\.slate_size: must be <= num_candidates \(20\) \(got 25\)"),
     ("env:\n  preset: bitter\n", r"env\.preset: Input should be 'recsim', 'strong' or 'sweet_bitter'"),
-    ("logging:\n  policy:\n    type: mixture\n    components:\n      - {weight: 0.5, policy: {type: random}}\n"
+    ("env: {}\nlogging:\n  policy:\n    type: mixture\n    components:\n      - {weight: 0.5, policy: {type: random}}\n"
      "      - {weight: 0.2, policy: {type: greedy}}\n", r"logging\.policy: component weights must sum to 1, got 0\.7"),
-    ("logging:\n  policy: {type: epsilon_greedy, expert: {feature: quality}}\n",
+    ("env: {}\nlogging:\n  policy: {type: epsilon_greedy, expert: {feature: quality}}\n",
      r"logging\.policy\.expert\.feature: the env has no document feature 'quality' \(available: clickbait\)"),
 ], ids=["time_budget", "slate_size_vs_preset", "preset", "mixture_weights", "missing_feature"])
 def test_bad_input_fails_through_the_cli_and_writes_nothing(tmp_path, yaml_text, message):
@@ -169,7 +169,7 @@ def test_bad_input_fails_through_the_cli_and_writes_nothing(tmp_path, yaml_text,
 
 def test_cli_run_prints_summary_and_progress(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text(f"output_dir: {tmp_path / 'out'}\nlogging:\n  num_episodes: 12\n  batch_size: 5\n"
+    path.write_text(f"output_dir: {tmp_path / 'out'}\nenv: {{}}\nlogging:\n  num_episodes: 12\n  batch_size: 5\n"
                     "  policy: {type: softmax, temperature: 0.5}\n")
     result = run_cli(path)
     assert result.returncode == 0, result.stderr
