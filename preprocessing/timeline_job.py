@@ -35,6 +35,7 @@ from preprocessing.timeline import (  # noqa: E402
     filter_ds,
     length_threshold,
     split_counts,
+    split_ranges,
 )
 from reagent_recsys.artifacts import package_versions  # noqa: E402
 from reagent_recsys.config import PipelineConfig  # noqa: E402
@@ -90,7 +91,9 @@ def run_timeline(spark, config: PipelineConfig) -> dict[str, Any]:
     MDP.check_spark(raw.schema)
     annotated = annotate_reasons(filter_ds(raw.select(*MDP.names), tl.ds_start, tl.ds_end))
 
-    histogram = [row.asDict() for row in episode_histogram(annotated, tl.eval_fraction, tl.time_window).collect()]
+    eval_from = tl.eval_from if tl.split == "time" else None
+    histogram = [row.asDict() for row in episode_histogram(
+        annotated, tl.eval_fraction, tl.time_window, eval_from).collect()]
     rows_in = sum(h["rows"] for h in histogram)
     if rows_in == 0:
         bounds = f" within ds [{tl.ds_start or '-inf'}, {tl.ds_end or '+inf'}]" if tl.ds_start or tl.ds_end else ""
@@ -112,6 +115,7 @@ def run_timeline(spark, config: PipelineConfig) -> dict[str, Any]:
         eval_fraction=tl.eval_fraction,
         max_episode_length=threshold,
         time_window=tl.time_window,
+        eval_from=eval_from,
     )
     with io.atomic_output(spark, output_uri) as out:
         _write_splits(spark, timeline, out)
@@ -135,6 +139,8 @@ def run_timeline(spark, config: PipelineConfig) -> dict[str, Any]:
             "rows_out": {s: counts[s]["rows_out"] for s in SPLITS},
             "rows_dropped": dropped,
             "splits": counts,
+            "split": {"method": tl.split, "eval_from": eval_from, "ds_range": split_ranges(histogram),
+                      "rows_out": {s: counts[s]["rows_out"] for s in SPLITS}},
             "package_versions": package_versions(),
         }
         write_manifest(spark, out, manifest)

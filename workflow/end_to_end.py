@@ -52,10 +52,18 @@ def fingerprint(path: Path) -> str | None:
     return digest.hexdigest()[:16]
 
 
+IMPORT_STAGE = Stage("workflow.import_logs", "mdp", ("import_",))
+
+
+def stages_of(config: PipelineConfig) -> tuple[Stage, ...]:
+    """The stages of a run: a logs run (an `import` section) imports its mdp table instead of simulating it."""
+    return (IMPORT_STAGE, *STAGES[1:]) if config.import_ is not None else STAGES
+
+
 def stage_keys(config: PipelineConfig) -> list[str]:
     """Stage i's key hashes the sections of stages 0..i, so an upstream change invalidates everything below."""
     keys, sections = [], []
-    for stage in STAGES:
+    for stage in stages_of(config):
         sections.extend(stage.sections)
         keys.append(config.section_hash(*sections))
     return keys
@@ -67,11 +75,12 @@ def end_to_end(config: PipelineConfig) -> dict[str, Any]:
     ledger: dict[str, Any] = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
     summary: dict[str, Any] = {}
     rerun_rest = False
-    for index, (stage, key) in enumerate(zip(STAGES, stage_keys(config), strict=True), start=1):
+    stages = stages_of(config)
+    for index, (stage, key) in enumerate(zip(stages, stage_keys(config), strict=True), start=1):
         output = out / stage.output
         entry = ledger.get(stage.workflow, {})
         current = not rerun_rest and entry.get("key") == key and entry.get("fingerprint") == fingerprint(output)
-        label = f"[{index}/{len(STAGES)}] {stage.workflow}"
+        label = f"[{index}/{len(stages)}] {stage.workflow}"
         if current:
             print(f"{label}: up to date, skipped", file=sys.stderr, flush=True)
             summary[stage.workflow] = {"skipped": True, **entry.get("result", {})}

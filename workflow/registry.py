@@ -26,6 +26,8 @@ WORKFLOWS: dict[str, Workflow] = {
     for w in (
         Workflow("workflow.offline_gym", "workflow.offline_gym", "offline_gym",
                  "Simulate users with a logging policy and write the mdp table."),
+        Workflow("workflow.import_logs", "workflow.import_logs", "import_logs",
+                 "Read your decision logs (CSV, JSON lines, Parquet) or RLlib offline JSON into the mdp table (Spark)."),
         Workflow("workflow.timeline_operator", "workflow.timeline_operator", "timeline_operator",
                  "Validate the mdp table and write n-step transitions split into train/eval (Spark)."),
         Workflow("workflow.identify_normalization", "workflow.identify_normalization", "identify_normalization",
