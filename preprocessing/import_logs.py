@@ -213,7 +213,7 @@ def standardize(raw, cfg: ImportConfig):
             cand = cand.cast("array<string>")
         else:
             cand = F.split(F.trim(cand.cast("string")), re.escape(cfg.candidates_separator))
-        cand = F.filter(F.transform(cand, F.trim), lambda c: c.isNotNull() & (c != F.lit("")))
+        cand = F.filter(F.transform(cand, lambda c: F.trim(c)), lambda c: c.isNotNull() & (c != F.lit("")))
         typed.append(F.array_distinct(cand).alias("_candidates"))
     out = raw.select("*", *typed)
     # Name the parsed numbers by role so that `to_mdp` can read them.
