@@ -25,9 +25,9 @@ from preprocessing.import_logs import (  # noqa: E402
     REASON,
     FeaturePlan,
     annotate_reasons,
-    categorical_values,
     check_columns,
     describe_invalid,
+    distinct_values,
     plan_features,
     rllib_as_columns,
     rllib_decisions,
@@ -72,9 +72,10 @@ def read_input(spark, path: str, fmt: str):
         raise
 
 
-def _check_not_empty(raw, path: str) -> None:
+def _check_not_empty(raw, path: str, count: bool = True) -> None:
+    """Raise for an input without columns (or, with `count`, without rows) or with lines that are not JSON."""
     columns = [c for c in raw.columns if c != "_corrupt_record"]
-    if not columns or raw.limit(1).count() == 0:
+    if not columns or (count and raw.limit(1).count() == 0):
         raise DataValidationError(f"rule empty_input: input {path} has no rows")
     if "_corrupt_record" in raw.columns:
         from pyspark.sql import functions as F
@@ -161,7 +162,7 @@ def run_import(spark, config: PipelineConfig) -> dict[str, Any]:
         raise ConfigError("import: missing")
     rllib = cfg.format == "rllib"
     raw = read_input(spark, input_path, cfg.format)
-    _check_not_empty(raw, input_path)
+    _check_not_empty(raw, input_path, count=False)  # the reason counts below find an input without rows
     all_actions: list[str] | None = None
     if rllib:
         rows = rllib_decisions(raw)
@@ -180,6 +181,8 @@ def run_import(spark, config: PipelineConfig) -> dict[str, Any]:
     try:
         counts = {r[REASON]: r["count"] for r in annotated.groupBy(REASON).count().collect()}
         rows_in = sum(counts.values())
+        if rows_in == 0:
+            raise DataValidationError(f"rule empty_input: input {input_path} has no rows")
         invalid = {k: v for k, v in counts.items() if k is not None}
         if invalid and cfg.on_invalid == "fail":
             raise DataValidationError(
@@ -190,45 +193,33 @@ def run_import(spark, config: PipelineConfig) -> dict[str, Any]:
             raise DataValidationError(f"rule empty_input: input {input_path}: none of its {rows_in} rows is valid")
         valid = annotated.where(F.col(REASON).isNull())
 
-        vocab_df = categorical_values(valid, cfg)
-        vocabularies: dict[str, list[str]] = {}
-        for r in (vocab_df.collect() if vocab_df is not None else []):
-            vocabularies.setdefault(r["column"], []).append(r["value"])
-        vocabularies = {k: sorted(v) for k, v in vocabularies.items()}
+        seen = distinct_values(valid, cfg).first()
+        vocabularies = {column: sorted(seen[f"cat_{j}"]) for j, column in enumerate(cfg.categorical_features)}
         items = read_items(spark, cfg) if cfg.items is not None else None
         if all_actions is None:
-            seen = {r["a"] for r in valid.select(F.col("_action").alias("a")).distinct().collect()}
-            if cfg.candidates_column:
-                seen |= {r["a"] for r in valid.select(F.explode("_candidates").alias("a")).distinct().collect()}
-            elif items is not None:
-                seen |= set(items)
-            all_actions = sort_action_names(seen)
+            names = set(seen["actions"]) | set(seen["candidates"] if cfg.candidates_column else [])
+            if not cfg.candidates_column and items is not None:
+                names |= set(items)
+            all_actions = sort_action_names(names)
         plan = plan_features(cfg, vocabularies, all_actions, items)
-        item_entries = None
-        if items is not None:
-            entries = [(action, plan.item_ids[(action, d)], float(values[d]))
-                       for action, values in items.items() if action in set(all_actions)
-                       for d in range(len(values)) if values[d] is not None]
-            item_entries = spark.createDataFrame(entries, "action string, feature_id long, value double")
-        mdp = to_mdp(valid, cfg, plan, item_entries, cfg.ds)
+        mdp = to_mdp(valid, cfg, plan, items, cfg.ds)
         MDP.check_spark(mdp.schema, allow_extra=False)
 
         output_uri = io.qualify(spark, output_path)
         with io.atomic_output(spark, output_uri) as tmp:
-            parts = max(1, int(spark.conf.get("spark.sql.shuffle.partitions")))
-            (mdp.repartitionByRange(parts, "ds", "mdp_id", "sequence_number")
-             .sortWithinPartitions("ds", "mdp_id", "sequence_number")
+            # One task per ds, rows sorted: the same logs give the same files.
+            (mdp.repartition("ds").sortWithinPartitions("ds", "mdp_id", "sequence_number")
              .write.partitionBy("ds").parquet(tmp))
             if invalid:
                 raw_columns = [f"`{c}`" for c in raw.columns]
                 annotated.where(F.col(REASON).isNotNull()).select(*raw_columns, REASON).write.parquet(
                     f"{tmp}/{REJECTS}")
             written = io.read_parquet_table(spark, tmp)
-            summary_rows = written.agg(F.count(F.lit(1)).alias("rows"),
-                                       F.countDistinct("mdp_id").alias("episodes")).first()
+            summary_rows = written.agg(F.count(F.lit(1)).alias("rows"), F.countDistinct("mdp_id").alias("episodes"),
+                                       F.collect_set("ds").alias("ds")).first()
             if summary_rows["rows"] != rows_valid:
                 raise RuntimeError(f"mdp: wrote {summary_rows['rows']} rows, expected {rows_valid}")
-            ds_values = sorted(r["ds"] for r in written.select("ds").distinct().collect())
+            ds_values = sorted(summary_rows["ds"])
             io.write_json(spark, f"{tmp}/{FEATURES_FILE}",
                           features_description(cfg, plan, vocabularies, rllib))
             summary = {

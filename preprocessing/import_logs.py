@@ -22,7 +22,6 @@ from typing import Any
 
 from preprocessing.timeline import DataValidationError, Rule
 from reagent_recsys.config import ImportConfig
-from reagent_recsys.schema import MDP
 
 REASON = "reason"
 RLLIB_REQUIRED = ("obs", "actions", "rewards", "eps_id")
@@ -349,31 +348,49 @@ def hash_bucket(column: str, value, buckets: int):
     return F.pmod(F.xxhash64(F.lit(column), value), F.lit(buckets))
 
 
-def categorical_values(valid, cfg: ImportConfig):
-    """(column, value) distinct pairs of the categorical columns (value = the bucket for hash encoding)."""
+def distinct_values(valid, cfg: ImportConfig):
+    """One row: `actions` (logged and candidate actions) and, per categorical column j, `cat_j` (its distinct
+    values, or the distinct hash buckets as strings): the small driver-side summary the feature plan needs."""
     from pyspark.sql import functions as F
 
-    parts = []
+    columns = [F.collect_set("_action").alias("actions")]
+    if cfg.candidates_column:
+        columns.append(F.array_distinct(F.flatten(F.collect_set("_candidates"))).alias("candidates"))
     for j, column in enumerate(cfg.categorical_features):
         value = F.col(f"_cat_{j}")
         if cfg.categorical_encoding == "hash":
-            value = hash_bucket(column, value, cfg.hash_buckets).cast("string")
-        parts.append(valid.where(F.col(f"_cat_{j}").isNotNull()).select(F.lit(column).alias("column"),
-                                                                         value.alias("value")).distinct())
-    if not parts:
-        return None
-    out = parts[0]
-    for part in parts[1:]:
-        out = out.unionByName(part)
-    return out
+            value = F.when(value.isNotNull(), hash_bucket(column, value, cfg.hash_buckets).cast("string"))
+        columns.append(F.collect_set(value).alias(f"cat_{j}"))
+    return valid.agg(*columns)
 
 
 # -------------------------------------------------------------------------------------------- to the mdp
-def to_mdp(valid, cfg: ImportConfig, plan: FeaturePlan, item_entries=None, default_ds: str = "2026-01-01"):
+def item_feature_map(plan: FeaturePlan, items: dict[str, list[float | None]]):
+    """A constant map: action -> its item's per-candidate feature entries (array<struct<key, value>>)."""
+    from pyspark.sql import functions as F
+
+    keys, values = [], []
+    for action in plan.action_names:
+        feats = items.get(action)
+        if feats is None:
+            continue
+        entries = [F.struct(F.lit(plan.item_ids[(action, d)]).cast("long").alias("key"),
+                            F.lit(float(v)).cast("float").alias("value")) for d, v in enumerate(feats) if v is not None]
+        if entries:
+            keys.append(F.lit(action))
+            values.append(F.array(*entries))
+    if not keys:
+        return None
+    return F.map_from_arrays(F.array(*keys), F.array(*values))
+
+
+def to_mdp(valid, cfg: ImportConfig, plan: FeaturePlan, items: dict[str, list[float | None]] | None = None,
+           default_ds: str = "2026-01-01"):
     """Valid standardized rows -> the MDP columns.
 
-    item_entries: a DataFrame (action, feature_id, value) of every item's per-candidate features (small; joined
-    by broadcast), or None. Every candidate of a decision contributes its item's features to that row's state.
+    items: the item side table {action: feature values}; every candidate of a decision contributes its item's
+    features to that row's state. The candidates are paired with the (constant) item map by one `map_zip_with`
+    (a hash join of the two key sets: linear in candidates + items per row, no shuffle).
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -397,6 +414,11 @@ def to_mdp(valid, cfg: ImportConfig, plan: FeaturePlan, item_entries=None, defau
             fid.cast("long").alias("key"), F.lit(1.0).cast("float").alias("value"))))
     entries = F.filter(F.array(*context), lambda e: e.isNotNull()) if context else F.array().cast(f"array<{entry}>")
     candidates = F.col("_candidates") if cfg.candidates_column else F.array(*[F.lit(a) for a in plan.action_names])
+    item_map = item_feature_map(plan, items) if items is not None else None
+    if item_map is not None:
+        offered = F.map_from_arrays(candidates, F.array_repeat(F.lit(True), F.size(candidates)))
+        zipped = F.map_zip_with(offered, item_map, lambda _k, shown, feats: F.when(shown.isNotNull(), feats))
+        entries = F.concat(entries, F.flatten(F.filter(F.map_values(zipped), lambda e: e.isNotNull())))
 
     if cfg.timestamp_column and not cfg.step_column:
         step = F.row_number().over(Window.partitionBy("_mdp_id").orderBy("_ts")) - 1
@@ -408,32 +430,14 @@ def to_mdp(valid, cfg: ImportConfig, plan: FeaturePlan, item_entries=None, defau
                for k, c in enumerate(cfg.metric_columns)]
     metric_map = (F.map_from_entries(F.filter(F.array(*metrics), lambda e: e.isNotNull())) if metrics
                   else F.create_map().cast("map<string,double>"))
-    rows = df.select(
+    return df.select(
         ds.alias("ds"),
         F.col("_mdp_id").alias("mdp_id"),
         step.cast("long").alias("sequence_number"),
-        entries.alias("_context"),
+        F.map_from_entries(entries).alias("state_features"),
         F.col("_action").alias("action"),
-        F.col("_propensity").alias("action_probability"),
-        F.col("_reward").alias("reward"),
+        F.col("_propensity").cast("double").alias("action_probability"),
+        F.col("_reward").cast("double").alias("reward"),
         candidates.alias("possible_actions"),
         metric_map.alias("metrics"),
     )
-    if item_entries is not None:  # per candidate: its item's features, gathered by one explode + join + group
-        per_row = (
-            rows.select("mdp_id", "sequence_number", F.explode("possible_actions").alias("_item"))
-            .join(F.broadcast(item_entries), F.col("_item") == F.col("action"))
-            .groupBy("mdp_id", "sequence_number")
-            .agg(F.collect_list(F.struct(F.col("feature_id").alias("key"),
-                                         F.col("value").cast("float").alias("value"))).alias("_items"))
-        )
-        rows = rows.join(per_row, ["mdp_id", "sequence_number"], "left")
-        entries = F.concat(F.col("_context"), F.coalesce(F.col("_items"), F.array().cast(f"array<{entry}>")))
-    else:
-        entries = F.col("_context")
-    scalars = {"sequence_number": "long", "action_probability": "double", "reward": "double"}
-    return rows.select(*[
-        F.map_from_entries(entries).alias(name) if name == "state_features"
-        else F.col(name).cast(scalars[name]).alias(name) if name in scalars else F.col(name)
-        for name in MDP.names
-    ])
