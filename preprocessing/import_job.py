@@ -23,6 +23,7 @@ if __name__ == "__main__" and str(ROOT) not in sys.path:  # spark-submit runs th
 from preprocessing import io  # noqa: E402
 from preprocessing.import_logs import (  # noqa: E402
     REASON,
+    RLLIB_REQUIRED,
     FeaturePlan,
     annotate_reasons,
     check_columns,
@@ -32,6 +33,7 @@ from preprocessing.import_logs import (  # noqa: E402
     rllib_as_columns,
     rllib_decisions,
     rllib_import_config,
+    rllib_ragged_lines,
     standardize,
     to_mdp,
 )
@@ -166,6 +168,10 @@ def run_import(spark, config: PipelineConfig) -> dict[str, Any]:
     all_actions: list[str] | None = None
     if rllib:
         rows = rllib_decisions(raw)
+        ragged = rllib_ragged_lines(raw).count()
+        if ragged:
+            raise DataValidationError(f"rule ragged_batch: columns {'/'.join(RLLIB_REQUIRED)} are missing or of "
+                                      f"unequal lengths in {ragged} SampleBatch lines of {input_path}")
         stats = rows.agg(F.max(F.size("obs")).alias("width"), F.max(F.col("actions").cast("long")).alias("top"),
                          F.count(F.lit(1)).alias("rows")).first()
         if not stats["rows"]:

@@ -113,10 +113,16 @@ def rllib_decisions(raw, packed_columns: list[str] | None = None):
     if not (isinstance(action_type, T.ArrayType) and isinstance(action_type.elementType, T.IntegralType)):
         raise DataValidationError(f"rule discrete_actions: column actions: only discrete (integer) actions can be "
                                   f"imported, got {action_type.simpleString()}")
-    prob = ("action_prob", F.col("action_prob")) if "action_prob" in fields else ("action_logp", None)
-    columns = ["obs", "actions", "rewards", "eps_id", prob[0], *(["t"] if "t" in fields else [])]
-    rows = raw.select(F.explode(F.arrays_zip(*[F.col(c) for c in columns])).alias("_z")).select("_z.*")
-    propensity = F.col("action_prob") if prob[0] == "action_prob" else F.exp(F.col("action_logp"))
+    # Lines may log action_prob or action_logp (or both); a column absent from a line reads as null.
+    size = F.size("actions")
+    optional = {name: F.coalesce(F.col(name), F.array_repeat(F.lit(None).cast("double"), size))
+                for name in ("action_prob", "action_logp") if name in fields}
+    if "t" in fields:
+        optional["t"] = F.col("t")
+    zipped = F.arrays_zip(*[F.col(c).alias(c) for c in RLLIB_REQUIRED], *[v.alias(k) for k, v in optional.items()])
+    rows = raw.select(F.explode(zipped).alias("_z")).select("_z.*")
+    probs = [F.col(c) if c == "action_prob" else F.exp(F.col(c)) for c in ("action_prob", "action_logp")
+             if c in optional]
     # Without `t`, steps are numbered by their order in the file within each episode.
     step = F.col("t") if "t" in fields else F.monotonically_increasing_id()
     return rows.select(
@@ -124,9 +130,20 @@ def rllib_decisions(raw, packed_columns: list[str] | None = None):
         step.cast("long").alias("t"),
         F.col("actions").cast("string").alias("actions"),
         F.col("rewards").cast("double").alias("rewards"),
-        propensity.cast("double").alias("propensity"),
+        F.coalesce(*probs).cast("double").alias("propensity"),
         F.col("obs").cast("array<double>").alias("obs"),
     )
+
+
+def rllib_ragged_lines(raw):
+    """The SampleBatch lines whose required columns are missing or of unequal lengths (they cannot be read)."""
+    from pyspark.sql import functions as F
+
+    size = F.size("actions")
+    bad = F.lit(False)
+    for column in RLLIB_REQUIRED:
+        bad = bad | F.col(column).isNull() | (F.size(column) != size)
+    return raw.where(bad)
 
 
 def rllib_as_columns(rows, width: int):
