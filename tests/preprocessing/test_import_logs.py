@@ -154,3 +154,24 @@ def test_import_config_section_is_spelled_import(tmp_path):
     changed = validate_config({**dumped, "import": {**dumped["import"], "path": "y"}})
     assert changed.section_hash("import_") != cfg.section_hash("import_")
     assert changed.section_hash("timeline") == cfg.section_hash("timeline")
+
+
+@pytest.mark.slow
+def test_import_job_runs_under_spark_submit_like_in_process(spark, tmp_path):
+    import subprocess
+
+    from tests.preprocessing.test_cluster import VENV_BIN, _spark_env
+
+    items = write_csv(tmp_path / "items.csv", ITEMS)
+    log = write_csv(tmp_path / "log.csv", [HEADER, *ROWS])
+    run_import(spark, config(tmp_path / "local", log, items=items))
+    submitted = config(tmp_path / "submitted", log, items=items)
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(json.dumps(submitted.model_dump(mode="json")))  # JSON is YAML
+    job = subprocess.run(
+        [str(VENV_BIN / "spark-submit"), "--master", "local[1]", str(Path(__file__).resolve().parents[2] /
+                                                                      "preprocessing" / "import_job.py"),
+         str(config_path)], capture_output=True, text=True, timeout=300, env=_spark_env(), cwd=tmp_path,
+    )
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert imported(tmp_path / "submitted")[:2] == imported(tmp_path / "local")[:2]

@@ -50,8 +50,8 @@ def logs_run(tmp_path_factory):
     return root, proc
 
 
-def eval_truth(root: Path) -> tuple[float, float]:
-    """(true value of the exported policy, of the logging policy) per decision over the eval split's contexts."""
+def eval_truth(root: Path) -> float:
+    """The exact per-decision value of the exported policy over the eval split's logged contexts."""
     import torch
 
     from preprocessing.spark import get_spark
@@ -67,26 +67,14 @@ def eval_truth(root: Path) -> tuple[float, float]:
     chosen = np.asarray(manifest["action_names"])[actions]
 
     decisions = pd.read_csv(root / "data" / "decisions.csv")
-    spark = get_spark()
-    keys = spark.createDataFrame(pd.DataFrame({"session_id": decisions["session_id"].unique()})).selectExpr(
+    keys = get_spark().createDataFrame(pd.DataFrame({"session_id": decisions["session_id"].unique()})).selectExpr(
         "session_id", "xxhash64(session_id) AS mdp_key").toPandas()
     rows = table[["mdp_key", "sequence_number"]].merge(
         decisions.merge(keys, on="session_id"), left_on=["mdp_key", "sequence_number"],
         right_on=["mdp_key", "step"], how="left", validate="one_to_one")
     assert rows["session_id"].notna().all()
-    items = pd.read_csv(root / "data" / "items.csv")
-    learned = policy_value(rows, items, chosen).mean()
-    # The logging policy's exact value over the same contexts: its softmax over each candidate set.
-    by_id = items.set_index("item_id")
-    logging_values = []
-    for _, row in rows.iterrows():
-        cands = row["candidates"].split("|")
-        quality = by_id.loc[cands, "quality"].to_numpy()
-        probs = np.exp(quality - quality.max())
-        probs /= probs.sum()
-        mu = policy_value(pd.DataFrame([row] * len(cands)), items, np.asarray(cands))
-        logging_values.append(float(probs @ mu))
-    return float(learned), float(np.mean(logging_values))
+    assert all(c in cands.split("|") for c, cands in zip(chosen, rows["candidates"], strict=True))
+    return float(policy_value(rows, pd.read_csv(root / "data" / "items.csv"), chosen).mean())
 
 
 @pytest.mark.slow
@@ -99,8 +87,9 @@ def test_logs_run_never_simulates_and_learns_from_the_logs(logs_run):
         assert stage in ledger, proc.stderr[-2000:]
     split = json.loads((root / "out" / "timeline" / "_manifest.json").read_text())["split"]
     assert split["method"] == "time" and split["ds_range"]["train"][1] < "2026-01-09" <= split["ds_range"]["eval"][0]
-    learned, logging = eval_truth(root)
-    assert learned > logging + 0.1, (learned, logging)  # the policy learned something real from the logs
+    truth = json.loads((root / "data" / "truth.json").read_text())  # exact values over all logged contexts
+    learned = eval_truth(root)
+    assert learned > truth["logging_value"] + 0.1, (learned, truth)  # it learned something real from the logs
 
 
 @pytest.mark.slow
@@ -110,5 +99,5 @@ def test_logs_run_estimate_covers_the_true_policy_value(logs_run):
     report = json.loads((root / "out" / "evaluation" / "report.json").read_text())
     assert "ground_truth" not in report or not report["ground_truth"]  # CPE only, no simulated truth
     dr = next(e for e in report["one_step"]["estimates"] if e["name"] == "DR")
-    learned, _ = eval_truth(root)
+    learned = eval_truth(root)
     assert dr["lower"] <= learned <= dr["upper"], (dr, learned)
