@@ -26,6 +26,7 @@ REASON = "reason"
 SPLIT = "split"
 SPLITS = ("train", "eval")
 _BUCKETS = 1_000_000  # split resolution: eval_fraction is rounded to 1e-6
+LAST_DS = "_last_ds"  # an episode's last valid ds: what the time split looks at
 
 
 class DataValidationError(ValueError):
@@ -127,18 +128,26 @@ def mark_quarantine(annotated, mode: str = "drop_episode"):
             .drop("_first_bad"))
 
 
-def split_column(eval_fraction: float):
-    """'eval' or 'train' from a stable hash of mdp_id (Spark's xxhash64, fixed seed): whole episodes, same way
-    every run, on every cluster."""
+def split_column(eval_fraction: float, eval_from: str | None = None):
+    """'eval' or 'train' for whole episodes, the same way every run, on every cluster.
+
+    eval_from None (split hash): from a stable hash of mdp_id (Spark's xxhash64, fixed seed). Otherwise (split
+    time): 'eval' when the episode's last valid `ds` (column `_last_ds`) is >= eval_from, so that nothing on or
+    after eval_from is ever trained on (an episode that crosses the boundary is evaluated, whole).
+    """
     from pyspark.sql import functions as F
 
+    if eval_from is not None:
+        return F.when(F.col(LAST_DS) >= F.lit(eval_from), F.lit("eval")).otherwise(F.lit("train"))
     cut = int(round(eval_fraction * _BUCKETS))
     bucket = F.pmod(F.xxhash64(F.col("mdp_id")), F.lit(_BUCKETS))
     return F.when(bucket < F.lit(cut), F.lit("eval")).otherwise(F.lit("train"))
 
 
-def episode_histogram(marked, eval_fraction: float, time_window: int | None, multi_steps: int = 1):
-    """Per (split, kept episode length): episodes, rows per reason and per drop, from `mark_quarantine`'s output.
+def episode_histogram(marked, eval_fraction: float, time_window: int | None, multi_steps: int = 1,
+                      eval_from: str | None = None):
+    """Per (split, kept episode length): episodes, rows per reason and per drop, from `mark_quarantine`'s output,
+    and the first and last `ds` (ds_min, ds_max).
 
     A small table (distinct lengths x 2) from which the driver derives the outlier threshold and every count of
     the manifest without another pass over the data. `tail`: the last min(n, length) kept rows of a cut
@@ -152,7 +161,7 @@ def episode_histogram(marked, eval_fraction: float, time_window: int | None, mul
         F.col("sequence_number") - F.col("_first_kept") >= F.lit(time_window)
     )
     per_episode = (
-        marked.select("mdp_id", "sequence_number", REASON, "_kept", "_cut", "_bad_episode")
+        marked.select("mdp_id", "sequence_number", "ds", REASON, "_kept", "_cut", "_bad_episode")
         .withColumn("_first_kept", first_kept)
         .groupBy("mdp_id")
         .agg(
@@ -163,15 +172,29 @@ def episode_histogram(marked, eval_fraction: float, time_window: int | None, mul
             F.max(F.col("_cut").cast("int")).alias("cut"),
             F.max(F.col("_bad_episode").cast("int")).alias("bad_episode"),
             *[F.count(F.when(F.col(REASON) == r.name, 1)).alias(r.name) for r in RULES],
+            F.min("ds").alias("ds_min"),
+            F.max("ds").alias("ds_max"),
+            F.coalesce(F.max(F.when(kept, F.col("ds"))), F.max("ds")).alias(LAST_DS),
         )
         .withColumn("tail", F.when(F.col("cut") == 1, F.least(F.lit(multi_steps), F.col("length"))).otherwise(0))
         .withColumn("late_out", F.greatest(F.col("late") - F.col("tail"), F.lit(0)))
         .withColumn("has_rows", (F.col("length") - F.col("tail") - F.col("late_out") > 0).cast("int"))
-        .withColumn(SPLIT, split_column(eval_fraction))
+        .withColumn(SPLIT, split_column(eval_fraction, eval_from))
     )
     sums = [F.sum(c).alias(c) for c in ("rows", "late_out", "tail", "has_rows", "bad_episode", QUARANTINED,
                                         *(r.name for r in RULES))]
-    return per_episode.groupBy(SPLIT, "length").agg(F.count(F.lit(1)).alias("episodes"), *sums)
+    return per_episode.groupBy(SPLIT, "length").agg(
+        F.count(F.lit(1)).alias("episodes"), *sums, F.min("ds_min").alias("ds_min"), F.max("ds_max").alias("ds_max")
+    )
+
+
+def split_ranges(histogram: list[dict]) -> dict[str, list[str] | None]:
+    """Per split, [first ds, last ds] of its input rows (None for an empty split)."""
+    result: dict[str, list[str] | None] = {}
+    for split in SPLITS:
+        part = [h for h in histogram if h[SPLIT] == split]
+        result[split] = [min(h["ds_min"] for h in part), max(h["ds_max"] for h in part)] if part else None
+    return result
 
 
 def _empty(spark_type):
@@ -188,6 +211,7 @@ def build_timeline(
     eval_fraction: float,
     max_episode_length: float | None = None,
     time_window: int | None = None,
+    eval_from: str | None = None,
 ):
     """Valid mdp rows (with `_cut` from `mark_quarantine` if quarantining) -> the TIMELINE columns plus `split`.
 
@@ -218,6 +242,7 @@ def build_timeline(
         (F.col("reward") if n == 1 else F.collect_list("reward").over(ordered.rowsBetween(0, n - 1))).alias(
             "_rewards"
         ),
+        *([F.max("ds").over(whole).alias(LAST_DS)] if eval_from is not None else []),
     )
     if max_episode_length is not None:
         staged = staged.where(F.col("_length") <= F.lit(max_episode_length))
@@ -249,7 +274,7 @@ def build_timeline(
         not_terminal.alias("not_terminal"),
         n_step_reward.cast("double").alias("n_step_reward"),
         F.least(F.lit(n), F.col("_length") - F.col("sequence_number_ordinal") + 1).cast("long").alias("n_steps"),
-        split_column(eval_fraction).alias(SPLIT),
+        split_column(eval_fraction, eval_from).alias(SPLIT),
     )
     if time_window is not None:
         out = out.where(F.col("time_since_first") < F.lit(time_window))

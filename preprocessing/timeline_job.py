@@ -38,6 +38,7 @@ from preprocessing.timeline import (  # noqa: E402
     mark_quarantine,
     quarantined_episodes,
     split_counts,
+    split_ranges,
 )
 from reagent_recsys.artifacts import package_versions  # noqa: E402
 from reagent_recsys.config import PipelineConfig  # noqa: E402
@@ -107,8 +108,9 @@ def run_timeline(spark, config: PipelineConfig) -> dict[str, Any]:
     annotated = annotate_reasons(filter_ds(raw.select(*MDP.names), tl.ds_start, tl.ds_end))
     marked = mark_quarantine(annotated, tl.quarantine)
 
+    eval_from = tl.eval_from if tl.split == "time" else None
     histogram = [row.asDict() for row in episode_histogram(
-        marked, tl.eval_fraction, tl.time_window, tl.multi_steps).collect()]
+        marked, tl.eval_fraction, tl.time_window, tl.multi_steps, eval_from).collect()]
     rows_in = sum(h["rows"] for h in histogram)
     if rows_in == 0:
         bounds = f" within ds [{tl.ds_start or '-inf'}, {tl.ds_end or '+inf'}]" if tl.ds_start or tl.ds_end else ""
@@ -130,6 +132,7 @@ def run_timeline(spark, config: PipelineConfig) -> dict[str, Any]:
         eval_fraction=tl.eval_fraction,
         max_episode_length=threshold,
         time_window=tl.time_window,
+        eval_from=eval_from,
     )
     with io.atomic_output(spark, output_uri) as out:
         _write_splits(spark, timeline, out)
@@ -156,6 +159,8 @@ def run_timeline(spark, config: PipelineConfig) -> dict[str, Any]:
             "splits": counts,
             "quarantine": _quarantine_summary(tl.quarantine, marked, counts, dropped) if any(invalid.values())
             else None,
+            "split": {"method": tl.split, "eval_from": eval_from, "ds_range": split_ranges(histogram),
+                      "rows_out": {s: counts[s]["rows_out"] for s in SPLITS}},
             "package_versions": package_versions(),
         }
         write_manifest(spark, out, manifest)

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import (
@@ -215,6 +215,93 @@ class LoggingConfig(StrictModel):
     )
 
 
+# -------------------------------------------------------------------------------------- import (logs runs)
+class ItemTableConfig(StrictModel):
+    """An item side table: item id -> numeric item features, which become per-candidate features of the state."""
+
+    path: str = Field(description="The item table (any Hadoop-compatible path).")
+    format: Literal["csv", "jsonl", "parquet"] | None = Field(
+        None, description="File format; null: the decision log's (csv, jsonl or parquet)."
+    )
+    id_column: str = Field("item_id", description="Column holding the item id (the action's name in the log).")
+    features: list[str] = Field(
+        min_length=1, description="Numeric item feature columns; in the state as `item[<id>].<column>` per candidate."
+    )
+
+
+class ImportConfig(StrictModel):
+    """Stage 1 of a logs run, workflow.import_logs: your decision logs -> the mdp table (no simulator)."""
+
+    format: Literal["csv", "jsonl", "parquet", "rllib"] = Field(
+        description="csv (with a header), jsonl (one JSON object per line), parquet: one row per decision, "
+        "columns named below; rllib: RLlib offline JSON (SampleBatch lines as its JsonWriter writes them, unpacked)."
+    )
+    path: str = Field(description="The log file or directory (any Hadoop-compatible path; globs allowed).")
+    output_path: str | None = Field(None, description="Where the mdp table goes; null: output_dir/mdp.")
+    session_column: str = Field("session_id", description="Session / episode id (becomes mdp_id).")
+    step_column: str | None = Field(
+        None, description="Integer order of the decision in its session (becomes sequence_number). At least one "
+        "of step_column and timestamp_column; with only a timestamp, decisions are numbered 0, 1, ... by time."
+    )
+    timestamp_column: str | None = Field(
+        None, description="Time of the decision; its UTC date becomes the `ds` partition (null: every row gets "
+        "`import.ds`)."
+    )
+    timestamp_format: str | None = Field(
+        None, description="Spark datetime pattern of timestamp_column (e.g. yyyy-MM-dd HH:mm:ss); null: ISO 8601 "
+        "or a number of seconds since the epoch."
+    )
+    action_column: str = Field("action", description="The chosen item / action (any string id).")
+    propensity_column: str = Field(
+        "propensity", description="Probability the logging policy gave the chosen action; must be in (0, 1]."
+    )
+    reward_column: str = Field("reward", description="Reward observed after the decision (numeric).")
+    metric_columns: list[str] = Field(
+        default_factory=list, description="Extra numeric columns kept as `metrics` (diagnostics, not features)."
+    )
+    position_column: str | None = Field(
+        None, description="Position / slot the item was shown in (numeric); kept as the context feature "
+        "`context.<column>`."
+    )
+    candidates_column: str | None = Field(
+        None, description="The items available at the decision (a list, or in CSV one string split by "
+        "candidates_separator) -> possible_actions; null: every item seen (logged actions and the item table)."
+    )
+    candidates_separator: str = Field("|", min_length=1, description="Separator of candidates_column in CSV text.")
+    numeric_features: list[str] = Field(
+        default_factory=list, description="Numeric context columns, kept as they are (`context.<column>`)."
+    )
+    categorical_features: list[str] = Field(
+        default_factory=list, description="Categorical context columns, encoded per categorical_encoding."
+    )
+    categorical_encoding: Literal["one_hot", "hash"] = Field(
+        "one_hot", description="one_hot: one 0/1 feature per value seen (`context.<column>=<value>`, the "
+        "vocabulary in _features.json); hash: xxhash64(column, value) mod hash_buckets, one feature per bucket."
+    )
+    hash_buckets: int = Field(1024, gt=0, le=1_000_000, description="Buckets per hashed categorical feature.")
+    items: ItemTableConfig | None = Field(None, description="Optional item side table (per-candidate features).")
+    rllib_num_actions: int | None = Field(
+        None, gt=0, description="rllib: size of the discrete action space (actions \"0\"..\"n-1\" are possible at "
+        "every step); null: 1 + the largest action logged."
+    )
+    ds: str = Field(
+        "2026-01-01", pattern=r"^[0-9A-Za-z_.-]+$", description="The `ds` partition of every row when there is no "
+        "timestamp_column (letters, digits, '-', '_', '.')."
+    )
+    on_invalid: Literal["fail", "quarantine"] = Field(
+        "fail", description="fail: stop on invalid rows (nothing written); quarantine: write them with a `reason` "
+        "to <mdp>/_rejects and import the rest."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ImportConfig:
+        if self.format != "rllib" and self.step_column is None and self.timestamp_column is None:
+            raise ValueError("set step_column or timestamp_column: decisions need an order within their session")
+        if self.format == "rllib" and self.items is not None:
+            raise ValueError("items: an item table needs named actions; rllib logs have integer actions")
+        return self
+
+
 # -------------------------------------------------------------------------------------- preprocessing
 class TimelineConfig(StrictModel):
     """Stage 2, workflow.timeline_operator: mdp table -> transitions and a train/eval split."""
@@ -230,7 +317,17 @@ class TimelineConfig(StrictModel):
         0.99, ge=0, le=1, description="Discount of the n-step rewards; follows training.gamma when unset (set both "
         "only to the same value: a mismatch is a config error)."
     )
-    eval_fraction: float = Field(0.2, ge=0, lt=1, description="Share of episodes (by mdp_id hash) in eval.")
+    split: Literal["hash", "time"] = Field(
+        "hash", description="hash: whole episodes by a stable hash of mdp_id (eval_fraction of them in eval); "
+        "time: train on ds < eval_from, evaluate on ds >= eval_from (an episode that reaches eval_from is eval)."
+    )
+    eval_fraction: float = Field(
+        0.2, ge=0, lt=1, description="split hash: share of episodes (by mdp_id hash) in eval."
+    )
+    eval_from: str | None = Field(
+        None, description="split time: the first `ds` of the eval split (ds values compare as strings, so use "
+        "ISO dates)."
+    )
     outlier_episode_length_percentile: float | None = Field(
         None, gt=0, le=1, description="Drop episodes longer than this percentile of episode length; null keeps all."
     )
@@ -248,6 +345,12 @@ class TimelineConfig(StrictModel):
         "first invalid one (the last multi_steps of them only as next states). Its other rows go to rejects "
         "as quarantined_episode; the manifest counts both."
     )
+
+    @model_validator(mode="after")
+    def _time_split_has_a_boundary(self) -> TimelineConfig:
+        if self.split == "time" and self.eval_from is None:
+            raise ValueError("split time needs eval_from (the first ds of the eval split)")
+        return self
 
     @model_validator(mode="after")
     def _ds_range_ordered(self) -> TimelineConfig:
@@ -536,6 +639,10 @@ class IterateConfig(StrictModel):
 class PipelineConfig(StrictModel):
     """A whole run: one output_dir under which every artifact of the run is written."""
 
+    # `import` is a Python keyword: the field is `import_`, written and dumped as `import`.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_by_name=True,
+                              validate_by_alias=True, serialize_by_alias=True)
+
     output_dir: Path = Field(
         description="Directory for every artifact of the run (relative to the working dir). The Spark stages "
         "also accept a Hadoop-compatible URI here (hdfs://, s3a://, ...)."
@@ -574,6 +681,10 @@ class PipelineConfig(StrictModel):
     logging: LoggingConfig | None = Field(
         None, description="workflow.offline_gym: the simulated logging policy (defaults filled in when `env` is set)."
     )
+    import_: ImportConfig | None = Field(
+        None, alias="import", description="workflow.import_logs: read your decision logs (or RLlib offline JSON) "
+        "into the mdp table; a logs run (no `env`) needs it."
+    )
     timeline: TimelineConfig = Field(default_factory=TimelineConfig, description="workflow.timeline_operator.")
     normalization: NormalizationConfig = Field(
         default_factory=NormalizationConfig, description="workflow.identify_normalization."
@@ -607,6 +718,8 @@ class PipelineConfig(StrictModel):
                              "default simulator, or drop `logging` for a logs run)")
         if self.env is not None and self.logging is None:
             self.logging = LoggingConfig()
+        if self.env is not None and self.import_ is not None:
+            raise ValueError("import: a run either simulates (`env`) or imports logs (`import`), not both")
         return self
 
     @property
@@ -616,7 +729,10 @@ class PipelineConfig(StrictModel):
 
     def section_hash(self, *sections: str) -> str:
         """A stable hash of the named sections (and the seed): stage outputs record it to detect staleness."""
-        payload = {name: self.model_dump(mode="json")[name] for name in ("seed", *sections)}
+        dumped = self.model_dump(mode="json")
+        fields = type(self).model_fields
+        payload = {name: dumped[(fields[name].alias or name) if name in fields else name]
+                   for name in ("seed", *sections)}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -705,10 +821,11 @@ def _readable_path(loc: tuple[Any, ...]) -> tuple[str, list[str]]:
         if isinstance(item, int):
             parts.append(f"[{item}]")
             continue
-        candidates = [m for m in models if item in m.model_fields]
+        candidates = [(m, name) for m in models for name, f in m.model_fields.items() if item in (name, f.alias)]
         if candidates:
-            parts.append(item)
-            models = _unwrap(candidates[0].model_fields[item].annotation)
+            model, name = candidates[0]
+            parts.append(model.model_fields[name].alias or name)
+            models = _unwrap(model.model_fields[name].annotation)
             continue
         tagged = [m for m in models if "type" in m.model_fields and m.model_fields["type"].default == item]
         if tagged:  # a discriminated-union tag that pydantic puts into the location
@@ -717,7 +834,7 @@ def _readable_path(loc: tuple[Any, ...]) -> tuple[str, list[str]]:
         parts.append(str(item))
         models = []
     dotted = ".".join(parts).replace(".[", "[")
-    return dotted, [name for m in models for name in m.model_fields]
+    return dotted, [f.alias or name for m in models for name, f in m.model_fields.items()]
 
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:
@@ -806,11 +923,12 @@ def describe_schema(model: type[BaseModel] = PipelineConfig, prefix: str = "") -
     """One line per field, `dotted.name (type, default): description`; used by `cli.py print-schema`."""
     lines = []
     for name, field in model.model_fields.items():
-        dotted = f"{prefix}{name}"
+        dotted = f"{prefix}{field.alias or name}"
         nested = _unwrap(field.annotation)
         annotation = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
         default = "" if field.is_required() else f" = {field.get_default(call_default_factory=True)!r}"
-        if nested and len(nested) == 1 and isinstance(field.annotation, type):
+        optional = set(get_args(field.annotation)) == {nested[0], type(None)} if len(nested) == 1 else False
+        if nested and len(nested) == 1 and (isinstance(field.annotation, type) or optional):
             lines.append(f"{dotted}: {field.description or ''}")
             lines.extend(describe_schema(nested[0], f"{dotted}."))
         elif nested and len(nested) > 1:

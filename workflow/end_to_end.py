@@ -49,8 +49,16 @@ def _timeline_inputs(config: PipelineConfig) -> list[str]:
     return [config.timeline.input_path] if config.timeline.input_path else []
 
 
+def _import_inputs(config: PipelineConfig) -> list[str]:
+    logs = config.import_
+    return [logs.path, *([logs.items.path] if logs.items is not None else [])] if logs is not None else []
+
+
 STAGES: tuple[Stage, ...] = (
-    Stage("workflow.offline_gym", RunPaths.MDP, ("env", "logging"), applies=lambda config: config.env is not None),
+    Stage("workflow.offline_gym", RunPaths.MDP, ("env", "logging"),
+          applies=lambda config: config.env is not None and config.import_ is None),
+    Stage("workflow.import_logs", RunPaths.MDP, ("import",), applies=lambda config: config.import_ is not None,
+          external_inputs=_import_inputs),
     Stage("workflow.timeline_operator", RunPaths.TIMELINE, ("timeline",), external_inputs=_timeline_inputs),
     Stage("workflow.identify_normalization", RunPaths.NORMALIZATION, ("normalization",)),
     Stage("workflow.training_table", RunPaths.TRAINING_TABLE, ("training_table",)),

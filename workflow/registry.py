@@ -34,6 +34,8 @@ WORKFLOWS: dict[str, Workflow] = {
     for w in (
         Workflow("workflow.offline_gym", "workflow.offline_gym", "offline_gym",
                  "Simulate users with a logging policy and write the mdp table."),
+        Workflow("workflow.import_logs", "workflow.import_logs", "import_logs",
+                 "Read your decision logs (CSV, JSON lines, Parquet) or RLlib offline JSON into the mdp table (Spark)."),
         Workflow("workflow.timeline_operator", "workflow.timeline_operator", "timeline_operator",
                  "Validate the mdp table and write n-step transitions split into train/eval (Spark)."),
         Workflow("workflow.identify_normalization", "workflow.identify_normalization", "identify_normalization",
@@ -45,7 +47,7 @@ WORKFLOWS: dict[str, Workflow] = {
         Workflow("workflow.export", "workflow.export", "export",
                  "training/model.pt + normalization.json -> export/policy.pt (TorchScript) + metadata.json."),
         Workflow("workflow.evaluate", "workflow.evaluate", "evaluate",
-                 "CPE of export/policy.pt on the eval split + simulator ground truth -> evaluation/report.{json,png}."),
+                 "CPE of export/policy.pt and candidates on the eval split (+ simulator truth) -> evaluation/report.*."),
         Workflow("workflow.serve", "workflow.serve", "serve",
                  "Serve export/policy.pt over HTTP (/v1/act, /v1/feedback); log decisions as an mdp table."),
         Workflow("workflow.iterate", "workflow.iterate", "iterate",
