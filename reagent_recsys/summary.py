@@ -61,19 +61,34 @@ def _export(r: Result) -> str:
     return f"{r.get('policy', '?')} ({_num(r.get('num_features'))} features, {_num(r.get('num_actions'))} actions)"
 
 
+def _interval(estimate: dict[str, Any]) -> str:
+    return f"{_num(estimate.get('value'))} [{_num(estimate.get('lower'))}, {_num(estimate.get('upper'))}]"
+
+
 def _evaluate(r: Result) -> str:
-    summary = r.get("summary")
-    if isinstance(summary, dict) and summary.get("headline"):
-        return str(summary["headline"])
-    truth = (r.get("true_return") or {}).get("mean") if isinstance(r.get("true_return"), dict) else None
-    parts = [f"DR {_num(r.get('sequential_DR'))}", f"WDR {_num(r.get('WDR'))}"]
+    summary = r.get("summary") if isinstance(r.get("summary"), dict) else {}
+    policy = summary.get("policy") or {}
+    parts = [f"{name} {_interval(policy[name])}" for name in ("DR", "WDR") if isinstance(policy.get(name), dict)]
+    if not parts:
+        parts = [f"DR {_num(r.get('sequential_DR'))}", f"WDR {_num(r.get('WDR'))}"]
+    if summary.get("logging") is not None:
+        parts.append(f"logging policy {_num(summary['logging'])}")
+    truth = summary.get("truth")
+    if truth is None and isinstance(r.get("true_return"), dict):
+        truth = r["true_return"].get("mean")
     if truth is not None:
         parts.append(f"truth {_num(truth)}")
     return ", ".join(parts)
 
 
+def _import_logs(r: Result) -> str:
+    return (f"{_num(r.get('rows_in'))} decisions read, {_num(r.get('rows'))} kept in {_num(r.get('episodes'))} episodes, "
+            f"{_num(r.get('features'))} features, {_num(r.get('actions'))} actions")
+
+
 KEY_FIGURES: dict[str, Callable[[Result], str]] = {
     "workflow.offline_gym": _offline_gym,
+    "workflow.import_logs": _import_logs,
     "workflow.timeline_operator": _timeline,
     "workflow.identify_normalization": _normalization,
     "workflow.training_table": _training_table,
@@ -99,9 +114,8 @@ def verdict_lines(evaluate_result: Any) -> list[str]:
     summary = evaluate_result.get("summary") if isinstance(evaluate_result, dict) else None
     if not isinstance(summary, dict):
         return []
-    lines = [str(summary[key]) for key in ("headline", "verdict") if summary.get(key)]
-    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
-    return lines
+    lines = [str(summary["verdict"])] if summary.get("verdict") else []
+    return lines + [f"warning: {w}" for w in evaluate_result.get("warnings", [])]
 
 
 def _duration(seconds: float | None) -> str:

@@ -59,7 +59,8 @@ def evaluate(config: PipelineConfig) -> dict[str, Any]:
         paths = write_report(out / "evaluation", report)
     for line in (report["summary"]["verdict"], *report["warnings"]):
         progress.line(line)
-    return {**_key_figures(report), **paths, "summary": report["summary"], "seconds": report["seconds"]}
+    return {**_key_figures(report), **paths, "summary": report["summary"], "warnings": report["warnings"],
+            "seconds": report["seconds"]}
 
 
 def _key_figures(report: dict[str, Any]) -> dict[str, Any]:
