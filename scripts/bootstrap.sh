@@ -3,9 +3,11 @@
 # Sourced by run.sh (the runtime layer) and test.sh (runtime + recsim + dev); scripts/install_extra.sh adds a
 # layer by hand. Safe to run again: a layer reinstalls only when its requirements files change.
 #   BOOTSTRAP_LAYERS="runtime recsim dev" source scripts/bootstrap.sh
+# BOOTSTRAP_VENV names another virtualenv under the checkout (test.sh runs the Ray Serve test in .venv-ray: ray
+# needs protobuf >= 5, tensorflow 2.15 < 5, so they cannot share one).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="$ROOT/.venv"
+VENV="$ROOT/${BOOTSTRAP_VENV:-.venv}"
 REQ="$ROOT/requirements"
 
 log() { echo "[bootstrap] $*" >&2; }
@@ -27,7 +29,8 @@ layer_files() {  # the files that define a layer (its stamp hashes them)
     runtime) echo "$REQ/runtime.txt $REQ/runtime-no-deps.txt $ROOT/setup.cfg" ;;
     recsim) echo "$REQ/recsim.txt $REQ/recsim-no-deps.txt" ;;
     dev) echo "$REQ/dev.txt" ;;
-    *) log "unknown layer '$1' (runtime, recsim, dev)"; return 1 ;;
+    ray) echo "$REQ/ray.txt" ;;
+    *) log "unknown layer '$1' (runtime, recsim, dev, ray)"; return 1 ;;
   esac
 }
 
@@ -53,6 +56,8 @@ ensure_layer() {
       "${pip[@]}" --no-deps -r "$REQ/recsim-no-deps.txt" ;;
     dev)
       "${pip[@]}" -r "$REQ/dev.txt" ;;
+    ray)
+      "${pip[@]}" -r "$REQ/ray.txt" ;;
   esac
   echo "$want" > "$stamp"
   log "$layer layer ready"
