@@ -308,7 +308,7 @@ def test_a_failed_write_leaves_the_previous_timeline_and_no_partial_output(spark
 def _cli(config_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(ROOT / "workflow" / "cli.py"), "run", "workflow.timeline_operator", str(config_path),
-         "--set", "spark.master=local[1]"],
+         "--set", "spark.master=local[1]", "--json"],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )
 
@@ -322,7 +322,7 @@ def test_cli_runs_on_a_tiny_table_and_fails_with_one_clear_line(tmp_path):
         (root / "run.yaml").write_text(f"output_dir: {root}\ntimeline:\n  eval_fraction: 0.0\n")
     ok = _cli(good / "run.yaml")
     assert ok.returncode == 0, ok.stderr
-    assert '"rows_in": 2' in ok.stdout and (good / "timeline" / "train").is_dir()
+    assert json.loads(ok.stdout)["result"]["rows_in"] == 2 and (good / "timeline" / "train").is_dir()
     failed = _cli(bad / "run.yaml")
     assert failed.returncode == 1
     errors = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
