@@ -17,6 +17,8 @@ A misordered pair is listed, marked "(unresolved)" when the estimator's own inte
 from __future__ import annotations
 
 import argparse
+import builtins
+import functools
 import itertools
 import json
 import sys
@@ -117,7 +119,8 @@ def _estimate_cell(est: dict[str, Any], truth: float) -> str:
             f"in={'y' if inside else 'n'} 10%={'y' if close else 'n'}")
 
 
-def print_table(rows: list[dict[str, Any]]) -> None:
+def print_table(rows: list[dict[str, Any]], file: Any = None) -> None:
+    print = functools.partial(builtins.print, file=file or sys.stdout)  # noqa: A001
     print(f"{'config':20s} {'learned (true, 95%)':22s} {'random':>7s} {'sweet':>6s} {'bitter':>6s} "
           f"{'logging':>7s}  {'DR [95%]':38s} {'WDR [95%]':38s} rank DR/WDR  e2e s")
     for row in rows:
@@ -154,6 +157,7 @@ def main() -> None:
         rows.append(run(name, args.out, args.overrides))
         print(f"{name}: {rows[-1]['seconds']:.0f} s (skipped: {', '.join(rows[-1]['skipped']) or 'none'})",
               file=sys.stderr, flush=True)
+        print_table(rows[-1:], file=sys.stderr)  # each row as soon as it is known (a long run may be stopped)
     print_table(rows)
 
 

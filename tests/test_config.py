@@ -45,7 +45,7 @@ def test_mixture_weights_must_sum_to_one_and_tags_are_not_in_path():
 
 
 def test_overrides_are_parsed_as_yaml(tmp_path):
-    path = write(tmp_path, "output_dir: out\nenv: {}\n")
+    path = write(tmp_path, "output_dir: out\nenv: {}\n")  # logging needs an env
     config = load_config(path, ["training.epochs=3", "logging.policy={type: greedy, direction: min}"])
     assert config.training.epochs == 3
     assert config.logging.policy.direction == "min"

@@ -96,6 +96,8 @@ def _finite(value):
 
 
 def _weights_words(w: WeightStats, unit: str) -> tuple[str, str]:
+    if not w.max_weight > 0:
+        return "untrusted", f"importance weights: all 0 (no logged {unit[:-1]} follows the policy), ESS 0 of {w.units}"
     text = (f"importance weights: ESS {w.ess:.1f} of {w.units} {unit} ({100 * w.ess_fraction:.2g}%), the largest "
             f"weight carries {100 * w.max_weight_share:.0f}% of the total")
     if w.ess < MIN_ESS or w.ess_fraction < ESS_UNTRUSTED:

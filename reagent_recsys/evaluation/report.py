@@ -120,9 +120,16 @@ def _plot_curve(ax: Any, report: dict[str, Any]) -> None:
     lines = {t["name"]: t["mean"] for t in report.get("ground_truth", {}).get("policies", [])}
     if not simulated:
         lines = {"logging": report["logging"]["sequential"]["value"]}
-    for i, (name, value) in enumerate(lines.items()):
+    merged: dict[str, tuple[list[str], float]] = {}  # equal values share one line (else one hides the other)
+    for name, value in lines.items():
+        same = next((k for k, (_, v) in merged.items() if abs(v - value) <= 0.005 * max(abs(v), 1e-9)), None)
+        if same is None:
+            merged[name] = ([name], value)
+        else:
+            merged[same][0].append(name)
+    for i, (name, (names, value)) in enumerate(merged.items()):
         color, style = _BASELINE_STYLE.get(name, (_CANDIDATE_COLORS[i % len(_CANDIDATE_COLORS)], "-"))
-        ax.axhline(value, color=color, ls=style, lw=1.4, label=f"{name} {_num(value)}")
+        ax.axhline(value, color=color, ls=style, lw=1.4, label=f"{' = '.join(names)} {_num(value)}")
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{'true' if simulated else 'estimated'} mean return (gamma={report['gamma']:g})")
     ax.set_title("(a) Training curve: " + ("simulated return per checkpoint" if simulated else
@@ -204,7 +211,7 @@ def plot_report(report: dict[str, Any], path: str | Path) -> None:
         fig.suptitle(textwrap.fill(report["summary"]["verdict"], 130), fontsize=12, fontweight="bold")
         _plot_curve(axes[0, 0], report)
         legend = "green: truth inside, red: outside; " if "ground_truth" in report else ""
-        _plot_estimates(axes[0, 1], report, "sequential", f"(b) Sequential CPE of {report['policies'][0]['name']} "
+        _plot_estimates(axes[0, 1], report, "sequential", f"(b) Sequential CPE of {report['policies'][0]['name']}\n"
                         f"({legend}orange: caution, grey hollow: do not trust)", f"mean return (gamma={report['gamma']:g})")
         _plot_estimates(axes[1, 0], report, "one_step", f"(c) One-step CPE of {report['policies'][0]['name']} "
                         "(reward per decision)", "mean reward per decision")
