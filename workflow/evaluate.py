@@ -36,12 +36,16 @@ from reagent_recsys.evaluation import (
     Estimate,
     evaluate_one_step,
     evaluate_sequential,
-    fit_fqe,
-    fit_reward_model,
     fqe_settings,
 )
 from reagent_recsys.evaluation.bootstrap import combine_model_fits
-from reagent_recsys.evaluation.fqe import FittedQ, next_step_index, refit_on_resamples
+from reagent_recsys.evaluation.fqe import (
+    FittedQ,
+    fit_fqe_ensemble,
+    fit_plan,
+    fit_reward_model_ensemble,
+    next_step_index,
+)
 from reagent_recsys.evaluation.ground_truth import (
     GroundTruth,
     ServedPolicyActor,
@@ -176,10 +180,10 @@ def one_step_cpe(config: PipelineConfig, train: Split, evaluation: Split, target
     settings = {"hidden_sizes": tuple(cfg.fqe_hidden_sizes), "learning_rate": cfg.fqe_learning_rate,
                 "batch_size": cfg.fqe_batch_size, "layout": network}
 
-    def fit(rows: np.ndarray, seed: int, epochs: int, init: FittedQ | None = None) -> FittedQ:
-        return fit_reward_model(model_state(train)[rows], train["action"][rows], train["reward"][rows],
-                                num_actions,
-                                epochs=epochs, seed=seed, init=init, **settings)
+    def fit(row_sets: list[np.ndarray], seeds: list[int], epochs: int, init: FittedQ | None = None) -> list[FittedQ]:
+        return fit_reward_model_ensemble(model_state(train), train["action"], train["reward"], num_actions,
+                                         row_sets=row_sets, seeds=seeds, epochs=epochs, init=init,
+                                         progress="reward model", **settings)
 
     def bandit(model: FittedQ) -> BanditData:
         return BanditData(evaluation["action"], evaluation["action_probability"], evaluation["reward"], target,
@@ -187,14 +191,15 @@ def one_step_cpe(config: PipelineConfig, train: Split, evaluation: Split, target
                           possible_action_mask=evaluation["possible_actions_mask"])
 
     clock = time.perf_counter()
-    model = fit(np.arange(len(train["action"])), config.seed, cfg.reward_model_epochs)
-    main_seconds = time.perf_counter() - clock
-    estimates = evaluate_one_step(bandit(model), BootstrapSpec.from_config(cfg, config.seed), cfg.switch_tau)
-    clock = time.perf_counter()
+    row_sets, seeds = fit_plan(train["mdp_key"], cfg.model_bootstrap_fits, config.seed)
     refit_epochs = max(1, round(cfg.reward_model_epochs * cfg.model_refit_fraction))
-    warm = model if cfg.model_refit_fraction < 1 else None
-    refits = refit_on_resamples(lambda rows, seed: fit(rows, seed, refit_epochs, warm), train["mdp_key"],
-                                cfg.model_bootstrap_fits, config.seed)
+    if cfg.model_refit_fraction >= 1:  # independent fits: all M together
+        model, *refits = fit(row_sets, seeds, cfg.reward_model_epochs)
+    else:  # refits warm-started from the main fit
+        (model,) = fit(row_sets[:1], seeds[:1], cfg.reward_model_epochs)
+        refits = fit(row_sets[1:], seeds[1:], refit_epochs, model) if len(row_sets) > 1 else []
+    fit_seconds = time.perf_counter() - clock
+    estimates = evaluate_one_step(bandit(model), BootstrapSpec.from_config(cfg, config.seed), cfg.switch_tau)
     values: dict[str, list[float]] = {"DM": [], "DR": [], "Switch-DR": []}
     for refit in refits:
         data = bandit(refit)
@@ -202,7 +207,7 @@ def one_step_cpe(config: PipelineConfig, train: Split, evaluation: Split, target
         values["DR"].append(float(dr_terms(data).mean()))
         values["Switch-DR"].append(float(switch_dr_terms(data, cfg.switch_tau).mean()))
     if timings is not None:
-        timings.update(reward_model_fit=main_seconds, reward_model_refits=time.perf_counter() - clock)
+        timings.update(reward_model_fits=fit_seconds)
     return [combine_model_fits(e, values[e.name], cfg.confidence_level) if e.name in values else e
             for e in estimates]
 
@@ -248,21 +253,23 @@ def sequential_cpe(config: PipelineConfig, train: Split, evaluation: Split, targ
         return evaluate_sequential(episodes(None), spec, cfg.magic_num_j_steps)
     transitions = fqe_transitions(train, train_target)
 
-    def fit(rows: np.ndarray, seed: int, iterations: int, init: FittedQ | None = None) -> FittedQ:
-        arrays = [transitions[k][rows] for k in ("state", "action", "reward", "next_state", "not_terminal",
-                                                   "next_target_probs")]
-        return fit_fqe(*arrays, cfg.gamma, **{**fqe_settings(cfg, seed), "iterations": iterations}, init=init,
-                       layout=network)
+    def fit(row_sets: list[np.ndarray], seeds: list[int], iterations: int,
+            init: FittedQ | None = None) -> list[FittedQ]:
+        arrays = [transitions[k] for k in ("state", "action", "reward", "next_state", "not_terminal",
+                                           "next_target_probs")]
+        return fit_fqe_ensemble(*arrays, cfg.gamma, row_sets=row_sets, seeds=seeds, init=init,
+                                **{**fqe_settings(cfg), "iterations": iterations}, layout=network, progress="FQE")
 
     clock = time.perf_counter()
-    fqe = fit(np.arange(len(train["action"])), config.seed, cfg.fqe_iterations)
-    main_seconds = time.perf_counter() - clock
-    estimates = evaluate_sequential(episodes(fqe.q_values(model_state(evaluation))), spec, cfg.magic_num_j_steps)
-    clock = time.perf_counter()
+    row_sets, seeds = fit_plan(train["mdp_key"], cfg.model_bootstrap_fits, config.seed)
     refit_iterations = max(1, round(cfg.fqe_iterations * cfg.model_refit_fraction))
-    warm = fqe if cfg.model_refit_fraction < 1 else None
-    refits = refit_on_resamples(lambda rows, seed: fit(rows, seed, refit_iterations, warm), train["mdp_key"],
-                                cfg.model_bootstrap_fits, config.seed)
+    if cfg.model_refit_fraction >= 1:  # independent fits: all M together
+        fqe, *refits = fit(row_sets, seeds, cfg.fqe_iterations)
+    else:  # refits warm-started from the main fit
+        (fqe,) = fit(row_sets[:1], seeds[:1], cfg.fqe_iterations)
+        refits = fit(row_sets[1:], seeds[1:], refit_iterations, fqe) if len(row_sets) > 1 else []
+    fit_seconds = time.perf_counter() - clock
+    estimates = evaluate_sequential(episodes(fqe.q_values(model_state(evaluation))), spec, cfg.magic_num_j_steps)
     values: dict[str, list[float]] = {}
     for refit in refits:
         point = model_based_values(episodes(refit.q_values(model_state(evaluation))), cfg.magic_num_j_steps,
@@ -270,7 +277,7 @@ def sequential_cpe(config: PipelineConfig, train: Split, evaluation: Split, targ
         for name, value in point.items():
             values.setdefault(name, []).append(value)
     if timings is not None:
-        timings.update(fqe_fit=main_seconds, fqe_refits=time.perf_counter() - clock)
+        timings.update(fqe_fits=fit_seconds)
     return [combine_model_fits(e, values[e.name], cfg.confidence_level) if e.name in values else e
             for e in estimates]
 
