@@ -17,8 +17,13 @@ from reagent_recsys.evaluation.bootstrap import BootstrapSpec, Estimate, combine
 from reagent_recsys.evaluation.diagnostics import ModelError, Trust, WeightStats, judge, unsupported_share
 
 # One line to switch to the batched ensemble fitting (reagent_recsys.evaluation.fqe) when it lands.
-from reagent_recsys.evaluation.fits import FitPlan, fit_fqe_ensemble, fit_reward_model_ensemble
-from reagent_recsys.evaluation.fqe import FittedQ, next_step_index
+from reagent_recsys.evaluation.fits import FitPlan
+from reagent_recsys.evaluation.fqe import (
+    FittedQ,
+    fit_fqe_ensemble,
+    fit_reward_model_ensemble,
+    next_step_index,
+)
 from reagent_recsys.evaluation.history import StateLayout
 from reagent_recsys.evaluation.inputs import Split, fqe_transitions, model_state
 from reagent_recsys.evaluation.magic import magic_blend

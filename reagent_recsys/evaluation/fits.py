@@ -1,8 +1,7 @@
 """The M model fits behind every model-based estimate (main fit + K bootstrap refits), planned once.
 
-`fit_fqe_ensemble` / `fit_reward_model_ensemble` here fit one model per (rows, seed) one after another, with the
-signatures of the batched versions in `reagent_recsys.evaluation.fqe` (which fit the M models as one ensemble):
-`cpe.py` imports them from one line, so switching to the batched fitting is a one-line change.
+`FitPlan.fit` hands all M (rows, seed) pairs to one call of `fqe.fit_fqe_ensemble` or
+`fqe.fit_reward_model_ensemble`, which train the M models together as one batched ensemble.
 """
 
 from __future__ import annotations
@@ -12,29 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reagent_recsys.evaluation.fqe import FittedQ, fit_fqe, fit_reward_model, refit_on_resamples
+from reagent_recsys.evaluation.fqe import FittedQ, refit_on_resamples
 
 # fit(row_sets, seeds, init, budget) -> one fitted model per (rows, seed); budget = FQE iterations or epochs.
 EnsembleFit = Callable[[list[np.ndarray], list[int], "FittedQ | None", int], list[FittedQ]]
-
-
-def fit_fqe_ensemble(state, action, reward, next_state, not_terminal, next_target_probs, gamma, *,
-                     row_sets: list[np.ndarray], seeds: list[int], init: FittedQ | None = None,
-                     **settings) -> list[FittedQ]:
-    """One `fit_fqe` per (rows, seed) on the rows' subset (sequentially)."""
-    arrays = (state, action, reward, next_state, not_terminal, next_target_probs)
-    return [fit_fqe(*(np.asarray(x)[rows] for x in arrays), gamma, seed=seed, init=init, **settings)
-            for rows, seed in zip(row_sets, seeds, strict=True)]
-
-
-def fit_reward_model_ensemble(state, action, reward, num_actions, *, row_sets: list[np.ndarray],
-                              seeds: list[int], epochs: int, init: FittedQ | None = None,
-                              **settings) -> list[FittedQ]:
-    """One `fit_reward_model` per (rows, seed) on the rows' subset (sequentially)."""
-    arrays = (state, action, reward)
-    return [fit_reward_model(*(np.asarray(x)[rows] for x in arrays), num_actions, epochs=epochs, seed=seed,
-                             init=init, **settings)
-            for rows, seed in zip(row_sets, seeds, strict=True)]
 
 
 @dataclass(frozen=True)

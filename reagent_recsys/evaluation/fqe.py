@@ -9,13 +9,17 @@ Transitions must be ONE step: with n-step transitions (s_t, s_{t+n}) the target 
 the LOGGED actions for k >= 1, so FQE would value the logging policy. `next_step_index` rebuilds 1-step
 transitions from a table holding every logged step.
 
-Model uncertainty: `refit_on_resamples` refits a model on bootstrap resamples of whole training episodes (warm
-started from the main fit via ``init``); the spread of the estimates across refits is the model's fitting error.
+Model uncertainty: a model is refit on bootstrap resamples of whole training episodes (`resample_groups`; from
+scratch, or warm started from the main fit via ``init``); the spread of the estimates across fits is the model's
+fitting error. `fit_fqe_ensemble` and `fit_reward_model_ensemble` train the main fit and its refits together as
+one batched ensemble (`ensemble.StackedMLP`); `fit_fqe` and `fit_reward_model` are their one-member case.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,8 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from reagent_recsys.evaluation.bootstrap import EvaluationDataError, check_rows
+from reagent_recsys.evaluation.ensemble import StackedAdam, StackedMLP, epoch_schedule
 from reagent_recsys.evaluation.history import StateLayout
 
 
@@ -101,11 +107,13 @@ class FittedQ:
         return (self.q_values(state) * target_probs).sum(axis=1)
 
 
-def fqe_settings(config, seed: int = 0) -> dict[str, Any]:
-    """fit_fqe's keyword settings from an ``EvaluationConfig``: ``fit_fqe(..., **fqe_settings(cfg, seed))``."""
-    return {"iterations": config.fqe_iterations, "epochs": config.fqe_epochs,
-            "hidden_sizes": tuple(config.fqe_hidden_sizes), "learning_rate": config.fqe_learning_rate,
-            "batch_size": config.fqe_batch_size, "seed": seed}
+def fqe_settings(config, seed: int | None = None) -> dict[str, Any]:
+    """fit_fqe's keyword settings from an ``EvaluationConfig``: ``fit_fqe(..., **fqe_settings(cfg, seed))``;
+    without `seed` also those of ``fit_fqe_ensemble`` (which takes ``seeds``)."""
+    settings = {"iterations": config.fqe_iterations, "epochs": config.fqe_epochs,
+                "hidden_sizes": tuple(config.fqe_hidden_sizes), "learning_rate": config.fqe_learning_rate,
+                "batch_size": config.fqe_batch_size}
+    return settings if seed is None else {**settings, "seed": seed}
 
 
 def fit_fqe(
@@ -130,83 +138,60 @@ def fit_fqe(
 ) -> FittedQ:
     """Fit Q^pi by fitted Q evaluation on logged transitions; same seed, same model.
 
-    init: warm start from this fitted model (its weights, input standardization and reward scale; then
-    `hidden_sizes` and `layout` are ignored). Used for bootstrap refits, which then need fewer iterations.
+    `fit_fqe_ensemble`'s one-member case on every row (see it for the settings).
+    """
+    rows = np.arange(len(np.asarray(next_target_probs)))
+    return fit_fqe_ensemble(state, action, reward, next_state, not_terminal, next_target_probs, gamma,
+                            row_sets=[rows], seeds=[seed], init=init, n_steps=n_steps, iterations=iterations,
+                            epochs=epochs, hidden_sizes=hidden_sizes, learning_rate=learning_rate,
+                            batch_size=batch_size, num_threads=num_threads, layout=layout)[0]
+
+
+def fit_fqe_ensemble(
+    state: np.ndarray,  # (N, F)
+    action: np.ndarray,  # (N,) int
+    reward: np.ndarray,  # (N,)
+    next_state: np.ndarray,  # (N, F); ignored where not_terminal is false
+    not_terminal: np.ndarray,  # (N,) bool
+    next_target_probs: np.ndarray,  # (N, A)
+    gamma: float,
+    *,
+    row_sets: list[np.ndarray],  # M arrays of row indices (repeats allowed: a bootstrap resample)
+    seeds: list[int],  # M seeds
+    init: FittedQ | None = None,
+    n_steps: np.ndarray | None = None,  # (N,) steps between s and s' (discount gamma^n); None: 1
+    iterations: int = 30,
+    epochs: int = 2,
+    hidden_sizes: Sequence[int] = (64, 64),
+    learning_rate: float = 1e-3,
+    batch_size: int = 512,
+    num_threads: int | None = 1,
+    layout: StateLayout | None = None,
+    progress: str | None = None,
+) -> list[FittedQ]:
+    """M FQE fits trained together: member m is ``fit_fqe`` on the rows `row_sets[m]` with seed `seeds[m]`.
+
+    Each member has its own input standardization and reward scale (from its rows), initial weights (its
+    seed), minibatch order (its seed) and Adam state; they train in lockstep as one batched ensemble
+    (`ensemble.StackedMLP`), several times faster than one fit after another on one CPU thread.
+    init: warm start every member from this fitted model (its weights, input standardization and reward scale;
+    then `hidden_sizes` and `layout` are ignored). Used for bootstrap refits, which then need fewer iterations.
     layout: with candidate columns, a per-candidate network (`QNetwork`); None: one output per action.
     num_threads: torch intra-op threads while fitting (restored after); these small MLPs run several times
     faster on 1 thread than on 2 busy cores. None keeps torch's setting.
+    progress: a progress-bar label (stderr); None: no bar.
     """
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     try:
-        return _fit_fqe(state, action, reward, next_state, not_terminal, next_target_probs, gamma, n_steps,
-                        iterations, epochs, hidden_sizes, learning_rate, batch_size, seed, init, layout)
+        data = _Transitions.build(state, action, reward, next_state, not_terminal, next_target_probs, gamma,
+                                  n_steps)
+        rows = _check_row_sets(row_sets, seeds, len(data.action))
+        return _fit_ensemble(data, rows, seeds, init, iterations, epochs, hidden_sizes, learning_rate,
+                             batch_size, layout, progress)
     finally:
         torch.set_num_threads(previous_threads)
-
-
-def _fit_fqe(state, action, reward, next_state, not_terminal, next_target_probs, gamma, n_steps,
-             iterations, epochs, hidden_sizes, learning_rate, batch_size, seed, init, layout) -> FittedQ:
-    state, next_state = np.asarray(state, np.float32), np.asarray(next_state, np.float32)
-    action, reward = np.asarray(action, np.int64), np.asarray(reward, np.float64)
-    not_terminal = np.asarray(not_terminal).astype(bool)
-    next_target_probs = np.asarray(next_target_probs, np.float64)
-    n, num_actions = next_target_probs.shape
-    _check_transitions(state, action, reward, next_state, not_terminal, next_target_probs, n, num_actions)
-    if not 0 <= gamma <= 1:
-        raise EvaluationDataError(f"gamma must be in [0, 1], got {gamma}")
-    discount = gamma ** (np.ones(n) if n_steps is None else np.asarray(n_steps, np.float64))  # (N,)
-    discount = np.where(not_terminal, discount, 0.0)
-    # Terminal rows may hold anything (NaN) in s' and pi(.|s'): zero them, since 0 * NaN is NaN.
-    next_state = np.where(not_terminal[:, None], next_state, 0.0).astype(np.float32)
-    next_target_probs = np.where(not_terminal[:, None], next_target_probs, 0.0)
-
-    mean, std = state.mean(axis=0), state.std(axis=0)
-    if layout is not None and layout.candidate_columns is not None:  # pool each candidate feature over the slots
-        for columns in layout.candidate_columns:  # (A,) one candidate feature
-            mean[columns], std[columns] = state[:, columns].mean(), state[:, columns].std()
-    reward_std = float(reward.std())
-    reward_scale = reward_std if reward_std > 1e-8 else 1.0  # Q is trained in units of the reward's spread
-    if init is not None:
-        net = copy.deepcopy(init.network)
-        reward_scale = float(net.reward_scale)  # keep the main fit's units so its weights stay meaningful
-    else:
-        with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global torch RNG
-            torch.manual_seed(seed)
-            net = QNetwork(mean, np.where(std > 1e-6, std, 1.0), reward_scale, num_actions, hidden_sizes, layout)
-    optimizer = torch.optim.Adam(net.parameters(), lr=learning_rate)
-    generator = torch.Generator().manual_seed(seed)
-
-    s, s_next = torch.from_numpy(state), torch.from_numpy(next_state)
-    a = torch.from_numpy(action)
-    r_scaled = torch.from_numpy(reward / reward_scale).float()  # (N,)
-    disc = torch.from_numpy(discount).float()  # (N,)
-    pi_next = torch.from_numpy(next_target_probs).float()  # (N, A)
-    # A deterministic target (terminal rows are all 0) needs Q(s', a') at its one action only.
-    deterministic = bool(((next_target_probs == 0) | (next_target_probs == 1)).all())
-    greedy_next = pi_next.argmax(dim=1)  # (N,)
-    losses = []
-    for _ in range(iterations):
-        target_net = copy.deepcopy(net).eval()
-        with torch.no_grad():
-            v_next = torch.cat([
-                target_net.scaled_at(s_next[rows], greedy_next[rows]) if deterministic
-                else (target_net.scaled(s_next[rows]) * pi_next[rows]).sum(1)
-                for rows in torch.arange(n).split(65536)])  # (N,) V(s') = sum_a' pi(a'|s') Q(s', a')
-            td_target = r_scaled + disc * v_next  # (N,)
-        net.train()
-        total, steps = 0.0, 0
-        for _ in range(epochs):
-            for batch in torch.randperm(n, generator=generator).split(batch_size):
-                q_taken = net.scaled_at(s[batch], a[batch])  # (B,)
-                loss = nn.functional.mse_loss(q_taken, td_target[batch])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                total, steps = total + loss.item(), steps + 1
-        losses.append(total / steps)
-    return FittedQ(net.eval(), gamma, losses)
 
 
 def fit_reward_model(
@@ -224,15 +209,206 @@ def fit_reward_model(
     init: FittedQ | None = None,
     layout: StateLayout | None = None,
 ) -> FittedQ:
-    """q(x, a) = E[r | x, a] for DM/DR: FQE with gamma = 0 and a single iteration (`init`: warm start)."""
+    """q(x, a) = E[r | x, a] for DM/DR (FQE with gamma = 0 and a single iteration; `init`: warm start):
+    `fit_reward_model_ensemble`'s one-member case on every row."""
+    rows = np.arange(len(np.asarray(action)))
+    return fit_reward_model_ensemble(state, action, reward, num_actions, row_sets=[rows], seeds=[seed],
+                                     epochs=epochs, init=init, hidden_sizes=hidden_sizes,
+                                     learning_rate=learning_rate, batch_size=batch_size, num_threads=num_threads,
+                                     layout=layout)[0]
+
+
+def fit_reward_model_ensemble(
+    state: np.ndarray,  # (N, F)
+    action: np.ndarray,  # (N,) int
+    reward: np.ndarray,  # (N,)
+    num_actions: int,
+    *,
+    row_sets: list[np.ndarray],
+    seeds: list[int],
+    epochs: int = 20,
+    init: FittedQ | None = None,
+    **settings: Any,
+) -> list[FittedQ]:
+    """M reward models q(x, a) = E[r | x, a] trained together (FQE with gamma = 0 and one iteration); member m
+    is fit on `row_sets[m]` with seed `seeds[m]`. Settings as `fit_fqe_ensemble`'s (init: warm start)."""
     state = np.asarray(state, np.float32)
     n = len(state)
-    return fit_fqe(
-        state, action, reward, state, np.zeros(n, bool), np.full((n, num_actions), 1.0 / num_actions), 0.0,
-        iterations=1, epochs=epochs, hidden_sizes=hidden_sizes, learning_rate=learning_rate,
-        batch_size=batch_size, seed=seed, num_threads=num_threads, init=init, layout=layout,
-    )
+    return fit_fqe_ensemble(state, action, reward, state, np.zeros(n, bool), np.full((n, num_actions), 1.0 / num_actions),
+                            0.0, row_sets=row_sets, seeds=seeds, init=init, iterations=1, epochs=epochs,
+                            **settings)
 
+
+@dataclass
+class _Transitions:
+    """Checked transitions: float32 states, per-row discount gamma^n (0 where terminal), pi(.|s')."""
+
+    state: np.ndarray  # (N, F) float32
+    action: np.ndarray  # (N,) int64
+    reward: np.ndarray  # (N,) float64
+    next_state: np.ndarray  # (N, F) float32
+    discount: np.ndarray  # (N,) float64, 0 where terminal
+    next_target_probs: np.ndarray  # (N, A) float64, 0 where terminal
+    gamma: float
+
+    @classmethod
+    def build(cls, state, action, reward, next_state, not_terminal, next_target_probs, gamma, n_steps
+              ) -> _Transitions:
+        state, next_state = np.asarray(state, np.float32), np.asarray(next_state, np.float32)
+        action, reward = np.asarray(action, np.int64), np.asarray(reward, np.float64)
+        not_terminal = np.asarray(not_terminal).astype(bool)
+        next_target_probs = np.asarray(next_target_probs, np.float64)
+        n, num_actions = next_target_probs.shape
+        _check_transitions(state, action, reward, next_state, not_terminal, next_target_probs, n, num_actions)
+        if not 0 <= gamma <= 1:
+            raise EvaluationDataError(f"gamma must be in [0, 1], got {gamma}")
+        discount = gamma ** (np.ones(n) if n_steps is None else np.asarray(n_steps, np.float64))  # (N,)
+        # Terminal rows may hold anything (NaN) in s' and pi(.|s'): zero them, since 0 * NaN is NaN.
+        live = not_terminal[:, None]
+        return cls(state, action, reward, np.where(live, next_state, 0.0).astype(np.float32),
+                   np.where(not_terminal, discount, 0.0), np.where(live, next_target_probs, 0.0), gamma)
+
+
+def _check_row_sets(row_sets: Sequence[np.ndarray], seeds: Sequence[int], n: int) -> list[np.ndarray]:
+    if len(row_sets) != len(seeds) or not row_sets:
+        raise ValueError(f"row_sets and seeds must be equally long and not empty, got {len(row_sets)} row sets "
+                         f"and {len(seeds)} seeds")
+    rows = [np.asarray(r, np.int64) for r in row_sets]
+    for m, r in enumerate(rows):
+        if r.ndim != 1 or len(r) == 0 or r.min() < 0 or r.max() >= n:
+            raise ValueError(f"row_sets[{m}] must be a non-empty 1-d array of row indices in [0, {n}), got shape "
+                             f"{r.shape}" + (f" and range [{r.min()}, {r.max()}]" if r.size else ""))
+    return rows
+
+
+def _member_network(data: _Transitions, counts: np.ndarray, seed: int, num_actions: int,
+                    hidden_sizes: Sequence[int], layout: StateLayout | None) -> QNetwork:
+    """A fresh network for the rows counted in `counts` (N,): their input standardization (candidate features
+    pooled over the slots) and reward spread, weights drawn from `seed` (as a network built alone would be)."""
+    total = counts.sum()
+    mean = counts @ data.state / total  # (F,) float64
+    square = counts @ np.square(data.state, dtype=np.float64) / total  # (F,)
+    if layout is not None and layout.candidate_columns is not None:  # pool each candidate feature over the slots
+        for columns in layout.candidate_columns:  # (A,) one candidate feature
+            mean[columns], square[columns] = mean[columns].mean(), square[columns].mean()
+    std = np.sqrt(np.maximum(square - mean**2, 0.0))
+    reward_mean = counts @ data.reward / total
+    reward_std = float(np.sqrt(max(counts @ np.square(data.reward - reward_mean) / total, 0.0)))
+    reward_scale = reward_std if reward_std > 1e-8 else 1.0  # Q is trained in units of the reward's spread
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global torch RNG
+        torch.manual_seed(seed)
+        return QNetwork(mean.astype(np.float32), np.where(std > 1e-6, std, 1.0).astype(np.float32), reward_scale,
+                        num_actions, hidden_sizes, layout)
+
+
+def _model_inputs(net: QNetwork, state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """(B, F), (B,) -> (B, I) raw (unstandardized) inputs of the network's MLP for Q(s, a): per candidate the
+    context and the action's candidate features (`QNetwork.scaled_at`), per action the state itself."""
+    if not net.per_candidate:
+        return state
+    chosen = state.gather(1, net.candidate_columns[:, action].T)  # (B, D)
+    return torch.cat([state[:, net.context_columns], chosen], dim=1)
+
+
+def _input_standardization(nets: Sequence[QNetwork]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, 1, I) mean and std of each member's MLP inputs (a candidate feature's pooled statistics are every
+    slot's, so slot 0's serve)."""
+    net = nets[0]
+    columns = (torch.cat([net.context_columns, net.candidate_columns[:, 0]]) if net.per_candidate
+               else torch.arange(len(net.state_mean)))
+    return (torch.stack([n.state_mean[columns] for n in nets])[:, None, :],
+            torch.stack([n.state_std[columns] for n in nets])[:, None, :])
+
+
+@torch.no_grad()
+def _fit_ensemble(data: _Transitions, rows: list[np.ndarray], seeds: Sequence[int], init: FittedQ | None,
+                  iterations: int, epochs: int, hidden_sizes: Sequence[int], learning_rate: float, batch_size: int,
+                  layout: StateLayout | None, progress: str | None) -> list[FittedQ]:
+    n, num_actions = data.next_target_probs.shape
+    members = len(rows)
+    if init is not None:
+        nets = [copy.deepcopy(init.network) for _ in rows]  # its standardization and reward units, too
+    else:
+        nets = [_member_network(data, np.bincount(r, minlength=n).astype(np.float64), seed, num_actions,
+                                hidden_sizes, layout) for r, seed in zip(rows, seeds, strict=True)]
+    net = nets[0]
+    in_mean, in_std = _input_standardization(nets)  # (M, 1, I)
+    scales = torch.tensor([float(m.reward_scale) for m in nets], dtype=torch.float64)[:, None]  # (M, 1)
+    r_scaled = (torch.from_numpy(data.reward)[None, :] / scales).float()  # (M, N)
+    disc = torch.from_numpy(data.discount).float()  # (N,)
+    state, actions = torch.from_numpy(data.state), torch.from_numpy(data.action)
+    inputs = _model_inputs(net, state, actions)  # (N, I) once, shared by every member
+    # V(s') = sum_a' pi(a'|s') Q(s', a') needs only live rows and actions with pi > 0 (one per row if greedy).
+    live = np.flatnonzero(data.discount > 0)
+    pair_row, pair_action = np.nonzero(data.next_target_probs[live] > 0)
+    target_pairs = (torch.from_numpy(live[pair_row]), torch.from_numpy(pair_action),
+                    torch.from_numpy(data.next_target_probs[live[pair_row], pair_action]).float())
+    next_state = torch.from_numpy(data.next_state)
+
+    mlp = StackedMLP([m.mlp for m in nets])
+    optimizer = StackedAdam(mlp.flat, learning_rate)
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    row_tensors = [torch.from_numpy(r) for r in rows]
+    offsets = torch.arange(members)[:, None] * n  # (M, 1) member m's targets start at m * N
+    losses: list[list[float]] = [[] for _ in rows]
+    steps_per_epoch = max(math.ceil(len(r) / batch_size) for r in rows)
+    bar = tqdm(total=iterations * epochs * steps_per_epoch, desc=progress, unit="step", file=sys.stderr,
+               disable=progress is None, mininterval=1.0)
+    for _ in range(iterations):
+        td_target = r_scaled + disc * _next_values(mlp, net, in_mean, in_std, next_state, target_pairs)  # (M, N)
+        td_flat = td_target.view(-1)
+        total, steps = torch.zeros(members), torch.zeros(members)
+        for _ in range(epochs):
+            index, weight, active = epoch_schedule(row_tensors, generators, 1, batch_size)
+            counts = weight.sum(dim=2).clamp(min=1)  # (S, M) rows in each member's batch
+            full = (weight == 1).all(dim=(1, 2)).tolist()  # (S,) every member has a whole batch
+            everyone = active.all(dim=1).tolist()  # (S,)
+            for step, batch in enumerate(index):  # (M, B) base rows
+                x = inputs.index_select(0, batch.view(-1)).view(members, batch_size, -1)  # (M, B, I)
+                activations = mlp.activations((x - in_mean) / in_std)
+                out = activations[-1]  # (M, B, O)
+                taken = None if net.per_candidate else actions[batch][..., None]  # (M, B, 1)
+                q = out[..., 0] if taken is None else out.gather(2, taken)[..., 0]  # (M, B)
+                error = q - td_flat[batch + offsets]  # (M, B)
+                # loss_m = mean of error^2 over member m's real rows; d loss_m / d q = 2 error / rows_m
+                scale = (1.0 / batch_size) if full[step] else weight[step] / counts[step][:, None]  # (M, B)
+                total += (error.square() * scale).sum(dim=1)
+                d_q = (2 * error * scale)[..., None]  # (M, B, 1)
+                d_out = d_q if taken is None else torch.zeros_like(out).scatter_(2, taken, d_q)
+                optimizer.step(mlp.gradients(activations, d_out), None if everyone[step] else active[step])
+                bar.update()
+            steps += active.sum(dim=0)
+        for m in range(members):
+            losses[m].append(float(total[m] / steps[m]))
+    bar.close()
+    mlp.write_back([m.mlp for m in nets])
+    return [FittedQ(m.eval(), data.gamma, loss) for m, loss in zip(nets, losses, strict=True)]
+
+
+@torch.no_grad()
+def _next_values(mlp: StackedMLP, net: QNetwork, in_mean: torch.Tensor, in_std: torch.Tensor,
+                 next_state: torch.Tensor, pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                 chunk: int = 2048) -> torch.Tensor:
+    """(M, N) V(s') in each member's reward units with the current weights frozen (0 on terminal rows)."""
+    members, n = in_mean.shape[0], len(next_state)
+    values = torch.zeros(members, n)
+    pair_row, pair_action, pair_prob = pairs  # (P,) each
+    frozen = mlp.frozen()
+    if net.per_candidate:
+        for start in range(0, len(pair_row), chunk):
+            rows, acts = pair_row[start:start + chunk], pair_action[start:start + chunk]
+            x = _model_inputs(net, next_state[rows], acts)  # (C, I)
+            q = mlp((x[None] - in_mean) / in_std, frozen)[..., 0]  # (M, C)
+            values.index_add_(1, rows, q * pair_prob[start:start + chunk])
+        return values
+    live = torch.unique(pair_row)  # (L,) rows whose V is needed
+    probs = torch.zeros(len(live), net.mlp[-1].out_features)
+    probs[torch.searchsorted(live, pair_row), pair_action] = pair_prob  # (L, A)
+    for start in range(0, len(live), chunk):
+        rows = live[start:start + chunk]
+        q = mlp((next_state[rows][None] - in_mean) / in_std, frozen)  # (M, C, A)
+        values[:, rows] = (q * probs[start:start + chunk]).sum(dim=2)
+    return values
 
 def next_step_index(episode_key: np.ndarray, sequence_number: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """1-step transitions from a table holding every logged step: (N,) next-row index and (N,) not_terminal.
@@ -272,12 +448,22 @@ def resample_groups(group: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def refit_on_resamples(fit: Callable[[np.ndarray, int], FittedQ], group: np.ndarray, count: int,
                        seed: int = 0) -> list[FittedQ]:
-    """`count` models, each `fit(rows, seed_k)` on a bootstrap resample of whole groups (episodes) of the rows.
+    """`count` models, each `fit(rows, seed_k)` on a bootstrap resample of whole groups (episodes) of the rows,
+    one after another (`fit_plan` gives the same row sets and seeds for the ensemble fitters).
 
     Deterministic per (group, count, seed). Each refit also gets its own seed (its own SGD noise).
     """
+    row_sets, seeds = fit_plan(group, count, seed)
+    return [fit(rows, k_seed) for rows, k_seed in zip(row_sets[1:], seeds[1:], strict=True)]
+
+
+def fit_plan(group: np.ndarray, count: int, seed: int = 0) -> tuple[list[np.ndarray], list[int]]:
+    """Row sets and seeds of the main fit (every row, `seed`) and `count` refits, each on a bootstrap resample
+    of whole groups (episodes) with its own seed: ``fit_*_ensemble(..., row_sets=..., seeds=...)`` fits all
+    M = count + 1 at once. Deterministic per (group, count, seed)."""
     rng = np.random.default_rng([seed, 7])
-    return [fit(resample_groups(group, rng), seed + 1000 * (k + 1)) for k in range(count)]
+    row_sets = [np.arange(len(np.asarray(group)))] + [resample_groups(group, rng) for _ in range(count)]
+    return row_sets, [seed] + [seed + 1000 * (k + 1) for k in range(count)]
 
 
 def _check_transitions(state, action, reward, next_state, not_terminal, next_target_probs, n, num_actions) -> None:

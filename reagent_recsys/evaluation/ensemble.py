@@ -1,0 +1,153 @@
+"""The mechanics of fitting M small MLPs at once: stacked weights, batched matmuls, a per-member Adam.
+
+M members of the same shape (FQE's main fit and its bootstrap refits) train in lockstep: layer l's weights of
+all members live in one (M, in, out) tensor and a step is a few `torch.baddbmm` calls on (M, B, in) inputs, so
+the per-step Python and autograd overhead is paid once, not M times, and the matmuls are larger. Each member
+keeps its own data (row set), minibatch order (its own torch.Generator), initial weights and Adam moments, so
+member m follows the same steps as a fit of its own; only floating-point summation order differs.
+Members whose row sets differ in size run different step counts: a member that has finished its steps for an
+iteration idles (zero loss weight, its Adam state and weights left untouched) until the others are done.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class StackedMLP:
+    """M MLPs (Linear/ReLU stacks of one shape) in one flat (M, P) parameter buffer, viewed as (M, in, out)
+    weights and (M, 1, out) biases, with a hand-written backward pass (no autograd: at these sizes its
+    bookkeeping costs as much as the arithmetic)."""
+
+    def __init__(self, members: Sequence[nn.Sequential]) -> None:
+        linears = [[layer for layer in mlp if isinstance(layer, nn.Linear)] for mlp in members]
+        self.shapes = [(layer.in_features, layer.out_features) for layer in linears[0]]
+        pieces = [torch.stack([m[i].weight.detach().T for m in linears]) for i in range(len(self.shapes))]
+        pieces += [torch.stack([m[i].bias.detach() for m in linears]) for i in range(len(self.shapes))]
+        self.flat = torch.cat([p.reshape(len(members), -1) for p in pieces], dim=1).contiguous()  # (M, P)
+
+    def views(self, flat: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(M, P) -> per layer (M, in, out) weights and (M, 1, out) biases (views of `flat`)."""
+        weights, biases, start = [], [], 0
+        for fan_in, fan_out in self.shapes:
+            weights.append(flat[:, start:start + fan_in * fan_out].view(-1, fan_in, fan_out))
+            start += fan_in * fan_out
+        for _, fan_out in self.shapes:
+            biases.append(flat[:, start:start + fan_out].view(-1, 1, fan_out))
+            start += fan_out
+        return weights, biases
+
+    def __call__(self, x: torch.Tensor, flat: torch.Tensor | None = None) -> torch.Tensor:
+        """(M, B, in) -> (M, B, out); `flat` (as from `frozen`) instead of the live weights."""
+        return self.activations(x, flat)[-1]
+
+    def activations(self, x: torch.Tensor, flat: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """[x, relu(x W1 + b1), ..., output]: every layer's output, (M, B, width) each."""
+        weights, biases = self.views(self.flat if flat is None else flat)
+        outputs = [x]
+        for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+            if w.shape[2] == 1:  # one output: a batched matrix-vector product is far slower than this
+                x = (x * w.transpose(1, 2)).sum(dim=2, keepdim=True).add_(b)
+            else:
+                x = torch.baddbmm(b, x, w)
+            if i < len(weights) - 1:
+                x = torch.relu_(x)
+            outputs.append(x)
+        return outputs
+
+    def gradients(self, activations: list[torch.Tensor], d_output: torch.Tensor) -> torch.Tensor:
+        """(M, P) d loss / d `flat` by backpropagating d loss / d output (M, B, out) through `activations`."""
+        weights, _ = self.views(self.flat)
+        d_weights, d_biases = [], []
+        delta = d_output  # (M, B, out) d loss / d layer output (pre-activation)
+        for i in range(len(weights) - 1, -1, -1):
+            inputs, w = activations[i], weights[i]  # (M, B, in), (M, in, out)
+            if w.shape[2] == 1:
+                d_weights.append((inputs * delta).sum(dim=1))
+            else:
+                d_weights.append(torch.bmm(inputs.transpose(1, 2), delta))  # (M, in, out)
+            d_biases.append(delta.sum(dim=1))  # (M, out)
+            if i > 0:  # through the layer, then its input's ReLU (inputs > 0 where the ReLU passed)
+                through = delta * w.transpose(1, 2) if w.shape[2] == 1 else torch.bmm(delta, w.transpose(1, 2))
+                delta = torch.ops.aten.threshold_backward(through, inputs, 0)  # a bool mask multiply is 10x slower
+        members = d_output.shape[0]
+        return torch.cat([g.reshape(members, -1) for g in [*d_weights[::-1], *d_biases[::-1]]], dim=1)
+
+    def frozen(self) -> torch.Tensor:
+        """A copy of the weights (FQE's target network)."""
+        return self.flat.clone()
+
+    def write_back(self, members: Sequence[nn.Sequential]) -> None:
+        """Copy member m's trained weights into `members[m]` (the networks they came from)."""
+        weights, biases = self.views(self.flat)
+        with torch.no_grad():
+            for m, mlp in enumerate(members):
+                linears = [layer for layer in mlp if isinstance(layer, nn.Linear)]
+                for layer, w, b in zip(linears, weights, biases, strict=True):
+                    layer.weight.copy_(w[m].T)
+                    layer.bias.copy_(b[m, 0])
+
+
+class StackedAdam:
+    """Adam (torch.optim.Adam's update, defaults betas (0.9, 0.999), eps 1e-8) on (M, P) parameters with a
+    step count per member; `step(grads, active)` updates only the active members (the others keep weights
+    and moments)."""
+
+    def __init__(self, params: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
+        self.exp_avg, self.exp_avg_sq = torch.zeros_like(params), torch.zeros_like(params)
+        self.steps = torch.zeros(params.shape[0], dtype=torch.float64)  # (M,)
+
+    @torch.no_grad()
+    def step(self, grads: torch.Tensor, active: torch.Tensor | None = None) -> None:
+        """One update with `grads` (M, P); `active` (M,) bool, None: every member."""
+        beta1, beta2 = self.betas
+        self.steps += 1 if active is None else active.double()
+        steps = self.steps.clamp(min=1)
+        step_size = (self.lr / (1 - beta1 ** steps)).float()[:, None]  # (M, 1)
+        bias_correction2_sqrt = (1 - beta2 ** steps).sqrt().float()[:, None]  # (M, 1)
+        p, m1, m2 = self.params, self.exp_avg, self.exp_avg_sq
+        if active is None:
+            m1.lerp_(grads, 1 - beta1)
+            m2.mul_(beta2).addcmul_(grads, grads, value=1 - beta2)
+            p.sub_(m1 / (m2.sqrt() / bias_correction2_sqrt).add_(self.eps) * step_size)
+            return
+        keep = active[:, None]  # (M, 1)
+        new_m1 = torch.lerp(m1, grads, 1 - beta1)
+        new_m2 = (m2 * beta2).addcmul_(grads, grads, value=1 - beta2)
+        p.sub_(new_m1 / (new_m2.sqrt() / bias_correction2_sqrt).add_(self.eps) * (step_size * keep))
+        m1.copy_(torch.where(keep, new_m1, m1))
+        m2.copy_(torch.where(keep, new_m2, m2))
+
+
+def epoch_schedule(row_sets: Sequence[torch.Tensor], generators: Sequence[torch.Generator], epochs: int,
+                   batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Minibatches of `epochs` passes for every member, in lockstep.
+
+    Member m draws `torch.randperm(len(rows_m))` per epoch from its own generator and splits it into batches of
+    `batch_size` (the last one short), as a fit of its own would. Returns (S, M, B) base-row indices (padding:
+    row 0), (S, M, B) float weights (1 real, 0 padding) and (S, M) bool "member has a batch at this step".
+    """
+    members = []
+    for rows, generator in zip(row_sets, generators, strict=True):
+        n, per_epoch = len(rows), math.ceil(len(rows) / batch_size)
+        passes = []
+        for _ in range(epochs):
+            padded = torch.full((per_epoch * batch_size,), -1, dtype=torch.int64)
+            padded[:n] = torch.randperm(n, generator=generator)
+            passes.append(padded.view(per_epoch, batch_size))
+        members.append(torch.cat(passes))  # (S_m, B) positions in the member's rows, -1 padding
+    steps = max(len(p) for p in members)
+    positions = torch.full((steps, len(members), batch_size), -1, dtype=torch.int64)
+    for m, p in enumerate(members):
+        positions[:len(p), m] = p
+    valid = positions >= 0  # (S, M, B)
+    index = torch.zeros_like(positions)
+    for m, rows in enumerate(row_sets):
+        index[:, m] = torch.where(valid[:, m], rows[positions[:, m].clamp(min=0)], 0)
+    return index, valid.float(), valid.any(dim=2)
