@@ -23,19 +23,21 @@ if __name__ == "__main__" and str(ROOT) not in sys.path:  # spark-submit runs th
 from preprocessing import io  # noqa: E402
 from preprocessing.import_logs import (  # noqa: E402
     REASON,
-    RLLIB_REQUIRED,
     FeaturePlan,
     annotate_reasons,
     check_columns,
     describe_invalid,
     distinct_values,
     plan_features,
+    standardize,
+    to_mdp,
+)
+from preprocessing.import_rllib import (  # noqa: E402
+    RLLIB_REQUIRED,
     rllib_as_columns,
     rllib_decisions,
     rllib_import_config,
     rllib_ragged_lines,
-    standardize,
-    to_mdp,
 )
 from preprocessing.timeline import DataValidationError  # noqa: E402
 from preprocessing.training_table import sort_action_names  # noqa: E402
