@@ -166,7 +166,8 @@ def test_sigkill_training_keeps_the_previous_model_and_resume_is_bit_identical(p
     after = {k: v for k, v in contents(out / "training").items() if not k.startswith("tensorboard")}
     assert after == {k: v for k, v in before.items() if not k.startswith("tensorboard")}  # never a mix
     resumed = train(make_config(out, training={"epochs": 4, "resume": True}))
-    assert resumed["resumed_from"].endswith("epoch_0002.pt")  # the killed run's own checkpoint
+    # the killed run's own newest checkpoint (epoch 2, or 3 if it got there before the kill landed)
+    assert re.search(r"epoch_000[23]\.pt$", resumed["resumed_from"]), resumed["resumed_from"]
     assert leftovers(out) == []
     clean = train(make_config(out, training={"epochs": 4}))
     assert resumed["weights_sha256"] == clean["weights_sha256"]
@@ -180,7 +181,11 @@ def test_training_table_of_a_fresh_session_equals_the_shared_sessions(pipeline, 
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("training_table", "training"))
     done = cli("run", "workflow.training_table", str(config_path), "--set", f"output_dir={copy}")
     assert done.wait(timeout=300) == 0, done.stderr.read()
-    assert contents(copy / "training_table") == reference["training_table"]
+    fresh, shared = contents(copy / "training_table"), reference["training_table"]
+    manifest = "_manifest.json"  # names its inputs' paths, which differ here
+    assert {k: v for k, v in fresh.items() if manifest not in k} == {k: v for k, v in shared.items()
+                                                                    if manifest not in k}
+    assert len(fresh) == len(shared) > 4
 
 
 @pytest.mark.slow
@@ -242,7 +247,9 @@ def test_data_rules_name_the_null_column_and_quarantine_drops_whole_episodes(pip
     for row in rows:
         if row["mdp_id"] == broken_episode and row["sequence_number"] == 3:
             row["action"] = None
-    schema = pa.schema([f.with_type(pa.string()) if f.name == "ds" else f for f in table.schema])
+    # nullable, as logs are (Spark drops isNull() checks on a column its Parquet schema declares non-null)
+    schema = pa.schema([(f.with_type(pa.string()) if f.name == "ds" else f).with_nullable(True)
+                        for f in table.schema])
     pq.write_to_dataset(pa.Table.from_pylist(rows, schema=schema), str(tmp_path / "mdp"), partition_cols=["ds"])
     broken = {"timeline": {"input_path": str(tmp_path / "mdp")}}
     with pytest.raises(DataValidationError, match=r"rule null_required: column action is null in 1 rows"):
