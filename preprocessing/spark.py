@@ -102,10 +102,13 @@ def get_spark(config: SparkConfig | None = None, master: str | None = None):
 
 
 @contextlib.contextmanager
-def spark_stage(spark, name: str, interval: float = 5.0) -> Iterator[None]:
-    """Run a Spark stage's body with progress lines on stderr (`name: spark stage 3: 5/8 tasks ...` every
-    `interval` s while Spark works, a heartbeat while the driver works) and one-line errors: a Py4J/Spark
-    failure becomes SparkJobError("name: <root cause> (path)"), the original chained as its __cause__."""
+def spark_stage(spark, name: str, interval: float | None = None) -> Iterator[None]:
+    """Run a Spark stage's body with progress lines on stderr (`name: spark job 2 stage 3: 5/8 tasks ...` every
+    `interval` s (default: $REAGENT_RECSYS_PROGRESS_SECONDS or 5) while Spark works, a heartbeat while the
+    driver works) and one-line errors: a Py4J/Spark failure becomes SparkJobError("name: <root cause> (path)"),
+    the original chained as its __cause__."""
+    if interval is None:
+        interval = float(os.environ.get("REAGENT_RECSYS_PROGRESS_SECONDS", "5"))
     reporter = ProgressReporter(spark, name, interval)
     reporter.start()
     try:

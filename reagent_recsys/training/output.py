@@ -132,6 +132,8 @@ class TrainingOutput:
                         shutil.copy2(path, out.checkpoints / path.name)
         if killed is not None and killed.exists():
             shutil.rmtree(killed, ignore_errors=True)
+        for partial in out.checkpoints.glob(".epoch_*.tmp-*"):  # a checkpoint write the kill interrupted
+            partial.unlink(missing_ok=True)
         return out
 
     def commit(self) -> None:

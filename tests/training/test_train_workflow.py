@@ -132,15 +132,18 @@ def test_sigkill_mid_training_then_resume(tmp_path):
     command = [sys.executable, str(ROOT / "workflow" / "cli.py"), "run", "workflow.train", str(config_path)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    first = killed_dir / "training" / "checkpoints" / "epoch_0001.pt"
+    def first_checkpoint() -> bool:  # written into the run's temporary directory, swapped in at the end
+        return bool(list(killed_dir.glob(".training.tmp-*/checkpoints/epoch_0001.pt")))
+
     deadline = time.monotonic() + 120
-    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not first_checkpoint() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert proc.poll() is None, "training finished (or failed) before it could be killed: " + proc.stderr.read().decode()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (killed_dir / "training" / "model.pt").exists()
+    assert not (killed_dir / "training" / "checkpoints").exists()  # nothing of the killed run in training/
 
     resumed = subprocess.run([*command, "--set", "training.resume=true"], env=env, capture_output=True, text=True,
                              timeout=300)

@@ -114,3 +114,16 @@ def test_temporaries_of_live_processes_are_left_alone(tmp_path):
     output.abort()
     assert not output.work.exists()
     assert signal.SIGKILL  # the SIGKILL cases run in tests/training/test_train_workflow.py and test_reliability
+
+
+def test_an_empty_eval_split_is_one_line_not_a_failure(tmp_path, capsys):
+    """Issue 12.8: an empty eval split used to end training with a shape error from the per-epoch CPE."""
+    out = make_run(tmp_path)
+    eval_dir = out / "training_table" / "eval"
+    eval_dir.mkdir()
+    empty = pq.read_table(sorted((out / "training_table" / "train").glob("*.parquet"))[0]).slice(0, 0)
+    pq.write_table(empty, eval_dir / "part-00000.parquet")
+    summary = train(tiny_config(out, epochs=1))
+    assert summary["epochs"] == 1
+    said = [line for line in capsys.readouterr().err.splitlines() if "has 0 rows" in line]
+    assert len(said) == 1 and "training_table/eval" in said[0], said
