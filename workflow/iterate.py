@@ -89,8 +89,9 @@ def iterate(config: PipelineConfig) -> dict[str, Any]:
             print(f"[iterate] round {k}: {name}", file=sys.stderr, flush=True)
             get_workflow(name).load()(rc)
         report = json.loads((round_dir / "evaluation" / "report.json").read_text())
-        estimate = next(e for e in report["sequential"]["estimates"] if e["name"] == cfg.estimator)
-        candidate_truth = report["sequential"]["truth"]
+        policy = report["policies"][0]  # the exported candidate
+        estimate = next(e for e in policy["sequential"] if e["name"] == cfg.estimator)
+        candidate_truth = policy["truth"]["sequential"]
         promoted = should_promote(estimate["lower"], incumbent["estimate"])
         rounds.append({
             "round": k, "episodes": cfg.episodes_per_round, "epsilon": epsilon,

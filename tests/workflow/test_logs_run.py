@@ -98,6 +98,6 @@ def test_logs_run_estimate_covers_the_true_policy_value(logs_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((root / "out" / "evaluation" / "report.json").read_text())
     assert "ground_truth" not in report or not report["ground_truth"]  # CPE only, no simulated truth
-    dr = next(e for e in report["one_step"]["estimates"] if e["name"] == "DR")
+    dr = next(e for e in report["policies"][0]["one_step"] if e["name"] == "DR")
     learned = eval_truth(root)
     assert dr["lower"] <= learned <= dr["upper"], (dr, learned)
