@@ -19,26 +19,29 @@ from torch import nn
 
 
 class StackedMLP:
-    """M MLPs (Linear/ReLU stacks of one shape) in one flat (M, P) parameter buffer, viewed as (M, in, out)
-    weights and (M, 1, out) biases, with a hand-written backward pass (no autograd: at these sizes its
-    bookkeeping costs as much as the arithmetic)."""
+    """M MLPs (Linear/ReLU stacks of one shape) in one flat parameter buffer, viewed as contiguous (M, in, out)
+    weights and (M, 1, out) biases (a strided batch would push `torch.bmm` off its fast path), with a
+    hand-written backward pass (no autograd: at these sizes its bookkeeping costs as much as the arithmetic)."""
 
     def __init__(self, members: Sequence[nn.Sequential]) -> None:
         linears = [[layer for layer in mlp if isinstance(layer, nn.Linear)] for mlp in members]
         self.shapes = [(layer.in_features, layer.out_features) for layer in linears[0]]
         pieces = [torch.stack([m[i].weight.detach().T for m in linears]) for i in range(len(self.shapes))]
         pieces += [torch.stack([m[i].bias.detach() for m in linears]) for i in range(len(self.shapes))]
-        self.flat = torch.cat([p.reshape(len(members), -1) for p in pieces], dim=1).contiguous()  # (M, P)
+        self.members = len(members)
+        self.flat = torch.cat([p.reshape(-1) for p in pieces])  # (M * P,) parameter by parameter
+        # member of each flat entry (M * P,): per-member Adam step sizes and masks
+        self.member_index = torch.cat([torch.arange(self.members).repeat_interleave(p[0].numel()) for p in pieces])
 
     def views(self, flat: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """(M, P) -> per layer (M, in, out) weights and (M, 1, out) biases (views of `flat`)."""
-        weights, biases, start = [], [], 0
+        """(M * P,) -> per layer (M, in, out) weights and (M, 1, out) biases (contiguous views of `flat`)."""
+        weights, biases, start, m = [], [], 0, self.members
         for fan_in, fan_out in self.shapes:
-            weights.append(flat[:, start:start + fan_in * fan_out].view(-1, fan_in, fan_out))
-            start += fan_in * fan_out
+            weights.append(flat[start:start + m * fan_in * fan_out].view(m, fan_in, fan_out))
+            start += m * fan_in * fan_out
         for _, fan_out in self.shapes:
-            biases.append(flat[:, start:start + fan_out].view(-1, 1, fan_out))
-            start += fan_out
+            biases.append(flat[start:start + m * fan_out].view(m, 1, fan_out))
+            start += m * fan_out
         return weights, biases
 
     def __call__(self, x: torch.Tensor, flat: torch.Tensor | None = None) -> torch.Tensor:
@@ -60,7 +63,7 @@ class StackedMLP:
         return outputs
 
     def gradients(self, activations: list[torch.Tensor], d_output: torch.Tensor) -> torch.Tensor:
-        """(M, P) d loss / d `flat` by backpropagating d loss / d output (M, B, out) through `activations`."""
+        """(M * P,) d loss / d `flat` by backpropagating d loss / d output (M, B, out) through `activations`."""
         weights, _ = self.views(self.flat)
         d_weights, d_biases = [], []
         delta = d_output  # (M, B, out) d loss / d layer output (pre-activation)
@@ -74,8 +77,7 @@ class StackedMLP:
             if i > 0:  # through the layer, then its input's ReLU (inputs > 0 where the ReLU passed)
                 through = delta * w.transpose(1, 2) if w.shape[2] == 1 else torch.bmm(delta, w.transpose(1, 2))
                 delta = torch.ops.aten.threshold_backward(through, inputs, 0)  # a bool mask multiply is 10x slower
-        members = d_output.shape[0]
-        return torch.cat([g.reshape(members, -1) for g in [*d_weights[::-1], *d_biases[::-1]]], dim=1)
+        return torch.cat([g.reshape(-1) for g in [*d_weights[::-1], *d_biases[::-1]]])
 
     def frozen(self) -> torch.Tensor:
         """A copy of the weights (FQE's target network)."""
@@ -93,31 +95,35 @@ class StackedMLP:
 
 
 class StackedAdam:
-    """Adam (torch.optim.Adam's update, defaults betas (0.9, 0.999), eps 1e-8) on (M, P) parameters with a
-    step count per member; `step(grads, active)` updates only the active members (the others keep weights
-    and moments)."""
+    """Adam (torch.optim.Adam's update, defaults betas (0.9, 0.999), eps 1e-8) on a `StackedMLP`'s flat
+    parameters with a step count per member; `step(grads, active)` updates only the active members (the others
+    keep weights and moments)."""
 
-    def __init__(self, params: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+    def __init__(self, mlp: StackedMLP, lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> None:
-        self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
-        self.exp_avg, self.exp_avg_sq = torch.zeros_like(params), torch.zeros_like(params)
-        self.steps = torch.zeros(params.shape[0], dtype=torch.float64)  # (M,)
+        self.params, self.member_index, self.lr, self.betas, self.eps = mlp.flat, mlp.member_index, lr, betas, eps
+        self.exp_avg, self.exp_avg_sq = torch.zeros_like(mlp.flat), torch.zeros_like(mlp.flat)
+        self.steps = torch.zeros(mlp.members, dtype=torch.float64)  # (M,)
 
     @torch.no_grad()
     def step(self, grads: torch.Tensor, active: torch.Tensor | None = None) -> None:
-        """One update with `grads` (M, P); `active` (M,) bool, None: every member."""
+        """One update with `grads` (M * P,); `active` (M,) bool, None: every member."""
         beta1, beta2 = self.betas
         self.steps += 1 if active is None else active.double()
         steps = self.steps.clamp(min=1)
-        step_size = (self.lr / (1 - beta1 ** steps)).float()[:, None]  # (M, 1)
-        bias_correction2_sqrt = (1 - beta2 ** steps).sqrt().float()[:, None]  # (M, 1)
+        if bool((steps == steps[0]).all()):  # members in step: scalar bias corrections
+            step_size = self.lr / (1 - beta1 ** float(steps[0]))
+            bias_correction2_sqrt = math.sqrt(1 - beta2 ** float(steps[0]))
+        else:  # (M * P,) each entry its member's
+            step_size = (self.lr / (1 - beta1 ** steps)).float()[self.member_index]
+            bias_correction2_sqrt = (1 - beta2 ** steps).sqrt().float()[self.member_index]
         p, m1, m2 = self.params, self.exp_avg, self.exp_avg_sq
         if active is None:
             m1.lerp_(grads, 1 - beta1)
             m2.mul_(beta2).addcmul_(grads, grads, value=1 - beta2)
             p.sub_(m1 / (m2.sqrt() / bias_correction2_sqrt).add_(self.eps) * step_size)
             return
-        keep = active[:, None]  # (M, 1)
+        keep = active[self.member_index]  # (M * P,)
         new_m1 = torch.lerp(m1, grads, 1 - beta1)
         new_m2 = (m2 * beta2).addcmul_(grads, grads, value=1 - beta2)
         p.sub_(new_m1 / (new_m2.sqrt() / bias_correction2_sqrt).add_(self.eps) * (step_size * keep))

@@ -346,7 +346,7 @@ def _fit_ensemble(data: _Transitions, rows: list[np.ndarray], seeds: Sequence[in
     next_state = torch.from_numpy(data.next_state)
 
     mlp = StackedMLP([m.mlp for m in nets])
-    optimizer = StackedAdam(mlp.flat, learning_rate)
+    optimizer = StackedAdam(mlp, learning_rate)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     row_tensors = [torch.from_numpy(r) for r in rows]
     offsets = torch.arange(members)[:, None] * n  # (M, 1) member m's targets start at m * N

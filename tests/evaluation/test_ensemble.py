@@ -48,7 +48,7 @@ def test_stacked_mlp_gradients_and_adam_match_autograd_and_torch_adam():
         return mlp.gradients(activations, (2 * (activations[-1][..., 0] - target) / 40)[..., None])
 
     d_weights, d_biases = mlp.views(stacked_gradients())
-    optimizer = StackedAdam(mlp.flat, lr=0.01)
+    optimizer = StackedAdam(mlp, lr=0.01)
     for _ in range(3):
         optimizer.step(stacked_gradients())
     for m, member in enumerate(members):  # member m alone, by autograd and torch.optim.Adam
