@@ -10,7 +10,6 @@ Under spark-submit the master comes from spark-submit (or --master here); run wi
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -255,35 +254,9 @@ def run_import(spark, config: PipelineConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    from preprocessing.spark import job_main
 
-    from preprocessing.spark import get_spark
-    from reagent_recsys.config import load_config
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", help="The run's YAML config (with an `import` section).")
-    parser.add_argument("--master", help="Spark master URL (overrides spark.master and spark-submit's).")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="Override a config field, e.g. --set import.path=hdfs://nn/logs.")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logger.setLevel(logging.INFO)
-    try:
-        config = load_config(args.config, args.overrides)
-        import_paths(config)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    spark = get_spark(config.spark, master=args.master)
-    try:
-        summary = run_import(spark, config)
-    except ValueError as exc:  # DataValidationError, SchemaError: one line, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        spark.stop()
-    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
-    return 0
+    return job_main(argv, __doc__.splitlines()[0], "import", run_import, "import.path=hdfs://nn/logs", check=import_paths)
 
 
 if __name__ == "__main__":

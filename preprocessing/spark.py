@@ -10,11 +10,13 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from preprocessing.spark_errors import SparkJobError, describe_spark_error
 from preprocessing.spark_progress import ProgressReporter
+from reagent_recsys.artifacts import pid_alive
 from reagent_recsys.config import SparkConfig
 
 LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
@@ -30,16 +32,6 @@ def spark_environment() -> None:
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def local_scratch_dir(root: str | None = None) -> Path:
     """This process's scratch directory for a local Spark (spark.local.dir and the JVM's java.io.tmpdir:
     blockmgr-*, spark-*, pyspark-*), `<tmp>/reagent_recsys-spark-<host>-<pid>`.
@@ -51,7 +43,7 @@ def local_scratch_dir(root: str | None = None) -> Path:
     host = socket.gethostname().replace("-", "_")
     for stale in base.glob(f"{LOCAL_DIR_PREFIX}{host}-*"):
         pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     mine = base / f"{LOCAL_DIR_PREFIX}{host}-{os.getpid()}"
     mine.mkdir(parents=True, exist_ok=True)
@@ -120,3 +112,41 @@ def spark_stage(spark, name: str, interval: float | None = None) -> Iterator[Non
         raise SparkJobError(f"{name}: {line}") from exc
     finally:
         reporter.stop()
+
+
+def job_main(argv: list[str] | None, description: str, stage: str, run: Callable[[Any, Any], dict[str, Any]],
+             example: str, check: Callable[[Any], Any] = lambda config: None) -> int:
+    """The command line of a Spark job file (`spark-submit preprocessing/<job>.py CONFIG [--master] [--set]`):
+    config errors exit 2, data rules and Spark failures 1, each in one line; the summary goes to stdout as JSON."""
+    import argparse
+    import json
+    import logging
+
+    from reagent_recsys.config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("config", help="The run's YAML config.")
+    parser.add_argument("--master", help="Spark master URL (overrides spark.master and spark-submit's).")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"Override a config field, e.g. --set {example}.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("reagent_recsys").setLevel(logging.INFO)
+    try:
+        config = load_config(args.config, args.overrides)
+        check(config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    spark = get_spark(config.spark, master=args.master)
+    try:
+        with spark_stage(spark, stage):
+            summary = run(spark, config)
+    except (ValueError, SparkJobError) as exc:  # a data rule, a schema, a Spark failure: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        spark.stop()
+    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    return 0
+

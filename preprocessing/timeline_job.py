@@ -182,35 +182,9 @@ def run_timeline(spark, config: PipelineConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
+    from preprocessing.spark import job_main
 
-    from preprocessing.spark import SparkJobError, get_spark, spark_stage
-    from reagent_recsys.config import ConfigError, load_config
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", help="The run's YAML config.")
-    parser.add_argument("--master", help="Spark master URL (overrides spark.master and spark-submit's).")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="Override a config field, e.g. --set timeline.multi_steps=3.")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logger.setLevel(logging.INFO)
-    try:
-        config = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    spark = get_spark(config.spark, master=args.master)
-    try:
-        with spark_stage(spark, "timeline"):
-            summary = run_timeline(spark, config)
-    except (ValueError, SparkJobError) as exc:  # a data rule, a schema, a Spark failure: one line, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        spark.stop()
-    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
-    return 0
+    return job_main(argv, __doc__.splitlines()[0], "timeline", run_timeline, "timeline.multi_steps=3")
 
 
 if __name__ == "__main__":

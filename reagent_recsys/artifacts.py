@@ -26,7 +26,8 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (on this host): temporaries named by a dead pid are stale."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -50,7 +51,7 @@ def remove_stale_temporaries(final: Path) -> None:
     for kind in ("old", "tmp"):
         for path in sorted(final.parent.glob(f".{final.name}.{kind}-*")):
             pid = path.name.removeprefix(f".{final.name}.{kind}-").split("-")[0]
-            if not pid.isdigit() or _pid_alive(int(pid)):
+            if not pid.isdigit() or pid_alive(int(pid)):
                 continue
             if kind == "old" and not final.exists():
                 path.rename(final)

@@ -19,24 +19,16 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from reagent_recsys.artifacts import pid_alive
+
 TENSORBOARD = "tensorboard"
 CHECKPOINTS = "checkpoints"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _stale(path: Path, prefix: str) -> bool:
     """True when `path` is `<prefix><pid>-...` and that process is gone."""
     pid = path.name.removeprefix(prefix).split("-")[0]
-    return pid.isdigit() and not _pid_alive(int(pid))
+    return pid.isdigit() and not pid_alive(int(pid))
 
 
 def _move_runs(source: Path, target: Path) -> None:
