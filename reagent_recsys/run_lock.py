@@ -49,8 +49,13 @@ def output_dir_lock(output_dir: str | Path) -> Iterator[None]:
         finally:
             _held[key] -= 1
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    created = not path.parent.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError:  # a directory this process cannot write: the stage itself fails, naming its path
+        yield
+        return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -72,5 +77,8 @@ def output_dir_lock(output_dir: str | Path) -> Iterator[None]:
         finally:
             _held.pop(key, None)
             os.ftruncate(fd, 0)  # a clean exit leaves an empty file: content at acquisition means a killed run
+            if created and [p.name for p in path.parent.iterdir()] == [LOCK_FILE]:
+                path.unlink()  # a run that wrote nothing into a directory it created leaves nothing behind
+                path.parent.rmdir()
     finally:
         os.close(fd)  # closing releases the flock

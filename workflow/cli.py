@@ -86,8 +86,8 @@ def run(workflow_name: str, config_path: str, overrides: tuple[str, ...], as_jso
         config = load_config(config_path, overrides)
         lock = contextlib.nullcontext() if workflow.name in UNLOCKED else output_dir_lock(config.output_dir)
         with stdout_to_stderr() if as_json else contextlib.nullcontext(), lock:
-            write_resolved_config(config)
             result = workflow.load()(config)
+            write_resolved_config(config)  # the config of the last successful run beside its outputs
     except Exception as exc:  # noqa: BLE001 - one clear line for users; the traceback on request
         fail(exc, debug)
     seconds = time.perf_counter() - started

@@ -152,8 +152,8 @@ def end_to_end(config: PipelineConfig) -> dict[str, Any]:
     out = Path(config.output_dir)
     started = time.perf_counter()
     with output_dir_lock(out):
-        write_resolved_config(config)
         stages = run_stages(config, out)
+        write_resolved_config(config)
     return {"output_dir": str(out), "seconds": round(time.perf_counter() - started, 2), "stages": stages}
 
 

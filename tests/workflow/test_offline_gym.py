@@ -173,7 +173,7 @@ def test_cli_run_prints_summary_and_progress(tmp_path):
                     "  policy: {type: softmax, temperature: 0.5}\n")
     result = run_cli(path)
     assert result.returncode == 0, result.stderr
-    assert '"rows": 120' in result.stdout and "12/12" in result.stderr
+    assert "12 episodes, 120 rows" in result.stdout and "12/12" in result.stderr
     assert pq.read_metadata(next((tmp_path / "out" / "mdp").glob("ds=*/part-00000.parquet"))).num_rows == 50
 
 
