@@ -63,11 +63,12 @@ class TrainingLog:
     """The chief's TensorBoard writer for one run directory."""
 
     def __init__(self, log_dir: Path, purge_step: int, hparams: dict[str, Any], action_names: list[str]) -> None:
-        from torch.utils.tensorboard.summary import hparams as hparams_summary
-
         self.log_dir = log_dir
         self.action_names = action_names
         self.writer = summary_writer(log_dir, purge_step + 1 if purge_step > 0 else None)  # drop a killed run's later points
+        from torch.utils.tensorboard.summary import (
+            hparams as hparams_summary,  # after summary_writer: no tensorflow
+        )
         if purge_step == 0:
             for summary in hparams_summary(hparams, dict.fromkeys(EPOCH_METRICS, 0.0)):
                 self.writer.file_writer.add_summary(summary)
