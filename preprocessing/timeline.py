@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from reagent_recsys.schema import MDP, TIMELINE
+from reagent_recsys.schema import MDP, TIMELINE, DataRuleError
 
 REASON = "reason"
 SPLIT = "split"
@@ -29,7 +29,7 @@ _BUCKETS = 1_000_000  # split resolution: eval_fraction is rounded to 1e-6
 LAST_DS = "_last_ds"  # an episode's last valid ds: what the time split looks at
 
 
-class DataValidationError(ValueError):
+class DataValidationError(DataRuleError):
     """The input table breaks a data rule; the message names the rule, the column, a count and examples."""
 
 

@@ -12,7 +12,12 @@ import numpy as np
 import pyarrow as pa
 
 
-class SchemaError(ValueError):
+class DataRuleError(ValueError):
+    """Data breaks a rule: the one family of data errors (schema, timeline, training table, evaluation inputs).
+    The message names the rule, the column, a count and examples; the CLI shows it as one line."""
+
+
+class SchemaError(DataRuleError):
     """A table does not match its declared schema; the message names the column."""
 
 

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 
 from reagent_recsys.artifacts import read_manifest
-from reagent_recsys.schema import MANIFEST_FILE, TRAINING, SchemaError
+from reagent_recsys.schema import MANIFEST_FILE, TRAINING, DataRuleError, SchemaError
 
 LIST_COLUMNS = tuple(c.name for c in TRAINING.columns if c.is_list)
 _DTYPES: dict[str, np.dtype] = TRAINING.dtypes(batch=True)  # what batches carry
@@ -32,7 +32,7 @@ _SPLIT_DTYPES: dict[str, np.dtype] = TRAINING.dtypes()  # what whole splits for 
 COLUMNS = tuple(TRAINING.names)
 
 
-class DataError(ValueError):
+class DataError(DataRuleError):
     """Rows that break a rule of the training table; the message names the rule, column, count and examples."""
 
 

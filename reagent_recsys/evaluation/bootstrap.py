@@ -25,6 +25,8 @@ from statistics import NormalDist
 import numpy as np
 from scipy.stats import t as student_t
 
+from reagent_recsys.schema import DataRuleError
+
 # A weighted statistic: counts (B, N) -> one value per resample (B,).
 Statistic = Callable[[np.ndarray], np.ndarray]
 
@@ -32,7 +34,7 @@ Statistic = Callable[[np.ndarray], np.ndarray]
 _MAX_CHUNK_ENTRIES = 1 << 22
 
 
-class EvaluationDataError(ValueError):
+class EvaluationDataError(DataRuleError):
     """Evaluation inputs that break a rule; the message names the rule, the column, a count and examples."""
 
 
