@@ -303,6 +303,36 @@ class ImportConfig(StrictModel):
 
 
 # -------------------------------------------------------------------------------------- preprocessing
+class HistoryConfig(StrictModel):
+    """Episode-history features the timeline adds to every state (reagent_recsys/history.py defines them):
+    computed from each step's earlier steps only, the same way by the timeline, the evaluation and the server."""
+
+    sums: list[str] = Field(
+        default_factory=lambda: ["candidate.*", "reward"],
+        description="Sources of decayed sums sum_{k<t} d^(t-1-k) x_k: reward, step, metric.<name>, "
+        "state.<name>, candidate.<name> (the chosen candidate's feature), action.<value>; state.*, candidate.* "
+        "and action.* expand from the logs' _features.json."
+    )
+    decays: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=lambda: [0.5, 0.8, 0.95, 1.0], description="The decays d of every sum (1 = running sum)."
+    )
+    counts: list[str] = Field(
+        default_factory=list, description="Sources whose events (x > 0) are counted over the earlier steps; "
+        "step counts the steps so far."
+    )
+    since: list[str] = Field(
+        default_factory=list, description="Sources of 'steps since the last event' (x > 0); t + 1 when none yet."
+    )
+
+    @model_validator(mode="after")
+    def _sources_are_known(self) -> HistoryConfig:
+        from reagent_recsys.history import HistorySpec
+
+        HistorySpec(sums=tuple(self.sums), decays=tuple(self.decays), counts=tuple(self.counts),
+                    since=tuple(self.since))  # HistorySpecError (a ValueError) names the bad source
+        return self
+
+
 class TimelineConfig(StrictModel):
     """Stage 2, workflow.timeline_operator: mdp table -> transitions and a train/eval split."""
 
@@ -338,6 +368,10 @@ class TimelineConfig(StrictModel):
     ds_end: str | None = Field(None, description="Last `ds` partition read (inclusive); null: no bound.")
     on_invalid: Literal["fail", "quarantine"] = Field(
         "fail", description="fail: stop on invalid rows; quarantine: write them to a rejects table and go on."
+    )
+    history: HistoryConfig | None = Field(
+        None, description="Episode-history features added to state_features and next_state_features (user "
+        "state for a policy whose user is partly hidden); null: none."
     )
     quarantine: Literal["drop_episode", "cut_episode"] = Field(
         "drop_episode", description="With on_invalid: quarantine, what happens to an episode with an invalid "
