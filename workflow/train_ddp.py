@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from reagent_recsys.config import ConfigError, load_config
-from workflow.train import run_training
+from reagent_recsys.training.run import run_training
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,8 +43,8 @@ def test_two_process_ddp_replicas_match(tmp_path):
 @pytest.mark.slow
 def test_num_processes_launches_torchrun_from_workflow_train(tmp_path):
     """`training.num_processes: 2` makes workflow.train (so end_to_end) run DDP itself and keep its model."""
+    from reagent_recsys.training.run import train
     from tests.training.helpers import tiny_config
-    from workflow.train import train
 
     out = make_run(tmp_path / "run", train_rows=2000)
     summary = train(tiny_config(out, epochs=1, num_processes=2, shuffle_buffer=300))

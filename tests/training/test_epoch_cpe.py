@@ -9,8 +9,8 @@ import pytest
 
 from reagent_recsys.data.synthetic import write_synthetic_run
 from reagent_recsys.evaluation.epoch_cpe import EpochCPE, EvalSplit, greedy_probabilities
+from reagent_recsys.training.run import train
 from tests.training.helpers import TINY, load_events, tensorboard_runs, tiny_config
-from workflow.train import train
 
 
 def _split(rows: int = 600, actions: int = 4, episode_length: int = 5, seed: int = 0) -> EvalSplit:

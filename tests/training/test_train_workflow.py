@@ -16,9 +16,9 @@ import torch
 import yaml
 
 from reagent_recsys.data.synthetic import synthetic_normalization
+from reagent_recsys.training.run import train
 from reagent_recsys.training.trainer import load_model
 from tests.training.helpers import load_events, make_run, tensorboard_runs, tiny_config
-from workflow.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
 

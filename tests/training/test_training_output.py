@@ -13,8 +13,8 @@ import pytest
 
 from reagent_recsys.data.loaders import DataError
 from reagent_recsys.training.output import TrainingOutput, recover
+from reagent_recsys.training.run import train
 from tests.training.helpers import load_events, make_run, tensorboard_runs, tiny_config
-from workflow.train import train
 
 
 def _snapshot(training: Path) -> dict[str, bytes]:
