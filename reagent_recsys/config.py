@@ -552,8 +552,8 @@ class EvaluationConfig(StrictModel):
     history_decays: list[Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=lambda: [0.5, 0.8, 0.9, 0.95, 1.0],
         description="FQE and the reward model also see, per decay d, sum_{k<t} d^(t-1-k) x_k of the episode's "
-        "earlier steps (x: context features and the chosen candidate's features): the history a latent user "
-        "state depends on. [] = the logged state only."
+        "earlier steps (x: context features and the chosen candidate's features; the timeline's own history "
+        "features are not summed again): the history a latent user state depends on. [] = the table's state only."
     )
     model_bootstrap_fits: int = Field(
         5, ge=0, description="K refits of FQE and the reward model on bootstrap resamples of the train episodes; "
