@@ -133,7 +133,7 @@ def sweet_bitter_like_logs(num_episodes: int, seed: int = 0) -> dict[str, np.nda
     state = np.column_stack([sat, time_left, docs]).astype(np.float32)  # (N, 22)
     layout = StateLayout.from_candidates(22, np.arange(2, 22)[None])
     key, seq = np.repeat(np.arange(num_episodes), horizon), np.tile(np.arange(horizon), num_episodes)
-    history = history_features(key, seq, layout.step_inputs(state, action, slots), [0.5, 0.8, 0.9, 0.95, 1.0])
+    history = history_features(key, seq, state, action, slots, layout, [0.5, 0.8, 0.9, 0.95, 1.0])
     model_state = np.concatenate([state, history], axis=1)  # (N, 37)
     sweet = np.argmax(docs * (np.arange(slots) % 2 == 0), axis=1)
     bitter = np.argmin(docs + (np.arange(slots) % 2 == 0), axis=1)

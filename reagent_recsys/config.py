@@ -552,8 +552,8 @@ class EvaluationConfig(StrictModel):
     history_decays: list[Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=lambda: [0.5, 0.8, 0.9, 0.95, 1.0],
         description="FQE and the reward model also see, per decay d, sum_{k<t} d^(t-1-k) x_k of the episode's "
-        "earlier steps (x: context features and the chosen candidate's features): the history a latent user "
-        "state depends on. [] = the logged state only."
+        "earlier steps (x: context features and the chosen candidate's features; the timeline's own history "
+        "features are not summed again): the history a latent user state depends on. [] = the table's state only."
     )
     model_bootstrap_fits: int = Field(
         5, ge=0, description="K refits of FQE and the reward model on bootstrap resamples of the train episodes; "
@@ -792,6 +792,15 @@ class RunPaths:
     @property
     def timeline_output(self) -> str:
         return self.config.timeline.output_path or self.uri(self.TIMELINE)
+
+    @property
+    def features_description(self) -> Path:
+        """The `_features.json` describing the tables' state features: the timeline's (it adds history features)
+        when it has one, else the mdp table's (local paths; may not exist)."""
+        from reagent_recsys.schema import FEATURES_FILE
+
+        timeline = Path(self.timeline_output) / FEATURES_FILE
+        return timeline if timeline.is_file() else Path(self.mdp_input) / FEATURES_FILE
 
     mdp = property(lambda self: self.root / self.MDP)
     normalization = property(lambda self: self.root / self.NORMALIZATION)

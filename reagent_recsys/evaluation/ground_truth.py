@@ -23,6 +23,7 @@ from reagent_recsys.config import PipelineConfig
 from reagent_recsys.envs.base import EnvFactory, EnvStep, run_episodes, slate_size_of
 from reagent_recsys.envs.base import env_factory as env_factory  # re-exported: the one factory
 from reagent_recsys.envs.lts import DOC_ID_BASE, SATISFACTION_ID, FeatureSpec, LTSParams
+from reagent_recsys.history import numpy_history, spec_from_dict
 from reagent_recsys.policies.logging import (
     GreedyPolicy,
     LoggingPolicy,
@@ -46,6 +47,9 @@ class Actor:
     def act(self, state: np.ndarray, doc_features: DocFeatures, rng: np.random.Generator) -> np.ndarray:
         """(B, F) state -> (B,) int64 candidate slots."""
         raise NotImplementedError
+
+    def observe(self, step: EnvStep) -> None:
+        """See the step just taken (its reward and response); stateless actors ignore this."""
 
 
 class LoggingActor(Actor):
@@ -93,31 +97,117 @@ def action_slots(action_names: Sequence[str], num_candidates: int) -> np.ndarray
     return slots_arr
 
 
+class SimulatedHistory:
+    """A policy's history features (its export's "history" block) for simulated users: each step's source
+    values read as the timeline reads them from the logged row (state and candidate features as the float32
+    state holds them; reward and the click/engagement/satisfaction metrics of the response; the action is the
+    chosen slot), then `history.numpy_history` over each user's steps so far (episodes are short)."""
+
+    METRICS = ("click", "engagement", "satisfaction")  # the metrics workflow.offline_gym logs from a response
+
+    def __init__(self, block: Mapping[str, Any], feature_ids: Sequence[int], env_features: Sequence[FeatureSpec],
+                 num_candidates: int) -> None:
+        self.spec, ids = spec_from_dict(block)
+        where = {int(f): i for i, f in enumerate(feature_ids)}
+        if any(int(i) not in where for i in ids):
+            raise ValueError(f"history ids {ids[:5]}...: not all among the policy's feature_ids")
+        self.columns = np.array([where[int(i)] for i in ids], dtype=np.int64)  # (H,) in the policy's state
+        env_column = {f.name: i for i, f in enumerate(env_features)}
+        self.reads: list[tuple[str, Any]] = []  # per source: how to read x from a step
+        for source in self.spec.sources:
+            kind, _, name = source.partition(".")
+            if kind == "state" and name in env_column:
+                self.reads.append(("state", env_column[name]))
+            elif kind == "candidate":
+                per_slot = {f.slot: i for i, f in enumerate(env_features) if f.slot is not None
+                            and f.name.split(".", 1)[-1] == name}
+                if sorted(per_slot) != list(range(num_candidates)):
+                    raise ValueError(f"history source {source!r}: the simulator's candidates have no feature {name!r}")
+                self.reads.append(("candidate", np.array([per_slot[k] for k in range(num_candidates)])))
+            elif kind == "action" and name.isdigit():
+                self.reads.append(("action", int(name)))
+            elif kind in ("reward", "step") or (kind == "metric" and name in self.METRICS):
+                self.reads.append((kind, name))
+            else:
+                raise ValueError(f"history source {source!r}: the simulator cannot provide it")
+        self.steps: list[np.ndarray] = []  # (B, S) per step taken
+
+    def begin_episodes(self) -> None:
+        self.steps, self._decision = [], None
+
+    def features(self, num_users: int) -> np.ndarray:
+        """(B, H) float32: the history features of the users' next step."""
+        steps = len(self.steps)
+        x = np.concatenate([*self.steps, np.zeros((num_users, len(self.spec.sources)))])  # step-major, + the next
+        key, seq = np.tile(np.arange(num_users), steps + 1), np.repeat(np.arange(steps + 1), num_users)
+        return numpy_history(key, seq, x, self.spec)[steps * num_users:]
+
+    def decide(self, state: np.ndarray, slots: np.ndarray) -> None:
+        """Record the decision-time values of the step: `slots` (B,) were chosen in `state` (B, F)."""
+        rows = np.arange(len(state))
+        x = np.full((len(state), len(self.spec.sources)), np.nan)
+        for j, (kind, where) in enumerate(self.reads):
+            if kind == "state":
+                x[:, j] = state[:, where]
+            elif kind == "candidate":
+                x[:, j] = state[rows, where[slots]]
+            elif kind == "action":
+                x[:, j] = slots == where
+            elif kind == "step":
+                x[:, j] = 1.0
+        self._decision = x
+
+    def observe(self, step: EnvStep) -> None:
+        """Complete the step with its response (reward, metrics) and append it."""
+        x = self._decision
+        for j, (kind, name) in enumerate(self.reads):
+            if kind in ("reward", "metric"):
+                x[:, j] = np.asarray(getattr(step.result, "reward" if kind == "reward" else name), np.float64)
+        self.steps.append(x)
+
+
 class ServedPolicyActor(Actor):
     """A policy with the exported signature ``policy(state, presence, possible_actions_mask) -> dict``.
 
     greedy: take ``out["action"]`` (what a greedy server does); else sample from ``out["action_probabilities"]``.
+    history: the export's history block; the policy then also sees its history features (`SimulatedHistory`),
+    as a server keeping per-session state would compute them.
     """
 
     def __init__(self, policy: Callable[..., dict[str, torch.Tensor]], feature_ids: Sequence[int],
                  action_names: Sequence[str], env_features: Sequence[FeatureSpec], num_candidates: int,
-                 greedy: bool) -> None:
+                 greedy: bool, history: Mapping[str, Any] | None = None) -> None:
         self.policy = policy
         self.greedy = greedy
         self.index, self.present = feature_columns(feature_ids, [f.id for f in env_features])
         self.slots = action_slots(action_names, num_candidates)  # (A,)
         self.possible = torch.from_numpy(self.slots >= 0)  # (A,)
+        self.history = SimulatedHistory(history, feature_ids, env_features, num_candidates) if history else None
+
+    def begin_episodes(self, num_users: int, rng: np.random.Generator) -> None:
+        if self.history is not None:
+            self.history.begin_episodes()
 
     @torch.no_grad()
     def act(self, state: np.ndarray, doc_features: DocFeatures, rng: np.random.Generator) -> np.ndarray:
         mapped, presence = map_state(state, self.index, self.present)  # (B, Fp)
+        if self.history is not None:
+            mapped[:, self.history.columns] = self.history.features(len(state))
+            presence[:, self.history.columns] = 1.0
         mask = self.possible[None, :].expand(len(state), -1)  # (B, A)
         out = self.policy(torch.from_numpy(mapped), torch.from_numpy(presence), mask)
         if self.greedy:
             actions = out["action"].numpy()  # (B,)
         else:
             actions = sample_categorical(out["action_probabilities"].double().numpy(), rng)
-        return self.slots[actions]
+        slots = self.slots[actions]
+        if self.history is not None:
+            self.history.decide(state, slots)
+        return slots
+
+    def observe(self, step: EnvStep) -> None:
+        if self.history is not None:
+            self.history.observe(step)
 
 
 # ------------------------------------------------------------------------------------- simulation
@@ -141,6 +231,7 @@ def simulate(make: EnvFactory, actor: Actor, num_episodes: int, seed: int, batch
             return (actor.act(state, docs, rng)[:, None] + cycle) % env.num_actions, None
 
         def add(step: EnvStep, total: np.ndarray = total) -> None:
+            actor.observe(step)
             total += np.where(step.alive, gamma ** step.t * np.asarray(step.result.reward, dtype=np.float64), 0.0)
 
         run_episodes(env, state, act, add)

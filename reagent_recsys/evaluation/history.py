@@ -8,33 +8,41 @@ spent it (FQE valued the latent policy at about half its true return). Summaries
     h_t(d) = sum_{k < t} d^(t-1-k) x_k      (0 at an episode's first step; d = 1: plain running sums)
 
 for each decay d, where x_k holds step k's user/response/time features and the features of the candidate chosen
-at step k (or a one-hot of the action when actions have no features). Only the evaluation models see them; the
-evaluated policy keeps acting on its own features. They depend only on the logged past, never on the future.
+at step k (or a one-hot of the action when actions have no features): the decayed sums of reagent_recsys/history.py
+(`numpy_history`), over the split's columns. Columns that already are history features (the timeline's
+`timeline.history`) are not summed again. Only the evaluation models see these sums; the evaluated policy keeps
+acting on its own features. They depend only on the logged past, never on the future.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from reagent_recsys.evaluation.bootstrap import EvaluationDataError
+from reagent_recsys.history import HistorySpec, numpy_history
 
 
 @dataclass(frozen=True)
 class StateLayout:
-    """Which state columns describe the user (context) and which describe each action's candidate."""
+    """Which state columns describe the user (context), which describe each action's candidate and which are
+    history features the timeline computed."""
 
-    context_columns: np.ndarray  # (U,) state columns that are not candidate features
+    context_columns: np.ndarray  # (U,) state columns that are neither candidate nor history features
     candidate_columns: np.ndarray | None  # (D, A) state column of candidate feature d for action a; None: no features
+    history_columns: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # (H,) timeline's
 
     @classmethod
-    def from_candidates(cls, num_features: int, candidate_columns: np.ndarray | None) -> StateLayout:
-        """The layout of a state of `num_features` columns whose candidate features are `candidate_columns`."""
+    def from_candidates(cls, num_features: int, candidate_columns: np.ndarray | None,
+                        history_columns: Sequence[int] = ()) -> StateLayout:
+        """The layout of a state of `num_features` columns whose candidate features are `candidate_columns` and
+        whose `history_columns` are history features already."""
         taken = set() if candidate_columns is None else set(np.asarray(candidate_columns).ravel().tolist())
+        taken |= {int(c) for c in history_columns}
         context = np.array([c for c in range(num_features) if c not in taken], dtype=np.int64)
-        return cls(context, None if candidate_columns is None else np.asarray(candidate_columns, np.int64))
+        return cls(context, None if candidate_columns is None else np.asarray(candidate_columns, np.int64),
+                   np.asarray(history_columns, dtype=np.int64))
 
     def step_inputs(self, state: np.ndarray, action: np.ndarray, num_actions: int) -> np.ndarray:
         """(N, U + D) x_k: the context features and the chosen candidate's features (or (N, U + A) with a one-hot)."""
@@ -45,31 +53,21 @@ class StateLayout:
             chosen = state[np.arange(len(state))[:, None], self.candidate_columns[:, action].T]  # (N, D)
         return np.concatenate([context, chosen], axis=1)
 
+    def history_spec(self, decays: Sequence[float], num_actions: int) -> HistorySpec:
+        """The sums of `step_inputs`' columns at each decay, as a history spec (sources state.<column>,
+        candidate.<d> or action.<index>, in step_inputs' order)."""
+        chosen = ([f"action.{a}" for a in range(num_actions)] if self.candidate_columns is None
+                  else [f"candidate.{d}" for d in range(len(self.candidate_columns))])
+        sources = [f"state.{c}" for c in self.context_columns.tolist()] + chosen
+        return HistorySpec(sums=tuple(sources) if decays else (), decays=tuple(decays))
 
-def history_features(episode_key: np.ndarray, sequence_number: np.ndarray, step_inputs: np.ndarray,
-                     decays: Sequence[float]) -> np.ndarray:
-    """(N, len(decays) * X) float32: for each decay d, h_t(d) = sum_{k<t} d^(t-1-k) x_k within each episode.
 
-    Rows may come in any order (steps are ordered by sequence_number within mdp key; gaps count as one step).
-    Vectorized over episodes: one pass per step position, so cost ~ N * len(decays) + horizon.
-    """
-    key, seq = np.asarray(episode_key), np.asarray(sequence_number)
-    x = np.asarray(step_inputs, dtype=np.float64)
-    if key.ndim != 1 or seq.shape != key.shape or x.shape[:1] != key.shape:
-        raise EvaluationDataError(f"episode_key, sequence_number and step_inputs must have the same rows, got "
-                                  f"shapes {key.shape}, {seq.shape} and {x.shape}")
-    if not decays:
-        return np.zeros((len(key), 0), dtype=np.float32)
-    order = np.lexsort((seq, key))  # (N,) rows in episode order
-    sorted_key = key[order]
-    new_episode = np.r_[True, sorted_key[1:] != sorted_key[:-1]]  # (N,)
-    position = np.arange(len(order)) - np.flatnonzero(new_episode)[np.cumsum(new_episode) - 1]  # (N,)
-    rows_at = np.split(np.argsort(position, kind="stable"), np.cumsum(np.bincount(position))[:-1])  # per position
-    x_sorted = x[order]
-    out = np.empty((len(key), len(decays) * x.shape[1]), dtype=np.float32)
-    for i, decay in enumerate(decays):
-        h = np.zeros_like(x_sorted)  # (N, X) in episode order
-        for rows in rows_at[1:]:  # a step's predecessor is the row just before it
-            h[rows] = decay * h[rows - 1] + x_sorted[rows - 1]
-        out[order, i * x.shape[1]:(i + 1) * x.shape[1]] = h
-    return out
+def history_features(episode_key: np.ndarray, sequence_number: np.ndarray, state: np.ndarray, action: np.ndarray,
+                     num_actions: int, layout: StateLayout, decays: Sequence[float]) -> np.ndarray:
+    """(N, (U + D) * len(decays)) float32 decayed sums of each row's earlier `step_inputs` in its episode
+    (`numpy_history` of `layout.history_spec`). Rows may come in any order; gaps in sequence numbers count as
+    one step."""
+    spec = layout.history_spec(decays, num_actions)
+    if not spec.features:
+        return np.zeros((len(episode_key), 0), dtype=np.float32)
+    return numpy_history(episode_key, sequence_number, layout.step_inputs(state, action, num_actions), spec)

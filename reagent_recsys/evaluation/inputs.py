@@ -78,14 +78,18 @@ def candidate_columns(table_ids: Sequence[int], description: Mapping[str, Any] |
 
 def state_layout(table_ids: Sequence[int], description: Mapping[str, Any] | None,
                  action_names: Sequence[str]) -> StateLayout:
-    """Which table columns are context features and which hold each action's candidate features."""
-    return StateLayout.from_candidates(len(table_ids), candidate_columns(table_ids, description, action_names))
+    """Which table columns are context features, which hold each action's candidate features and which are the
+    timeline's history features (``"history"`` in the description)."""
+    where = {int(f): i for i, f in enumerate(table_ids)}
+    history_ids = ((description or {}).get("history") or {}).get("ids", [])
+    return StateLayout.from_candidates(len(table_ids), candidate_columns(table_ids, description, action_names),
+                                       sorted(where[int(i)] for i in history_ids if int(i) in where))
 
 
 def add_model_state(split: Split, layout: StateLayout, decays: Sequence[float]) -> Split:
     """The split with MODEL_STATE: what FQE and the reward model see, the state and its history features."""
-    steps = layout.step_inputs(split["state"], split["action"], split["possible_actions_mask"].shape[1])
-    history = history_features(split["mdp_key"], split["sequence_number"], steps, decays)
+    history = history_features(split["mdp_key"], split["sequence_number"], split["state"], split["action"],
+                               split["possible_actions_mask"].shape[1], layout, decays)
     return {**split, MODEL_STATE: np.concatenate([split["state"].astype(np.float32), history], axis=1)}
 
 

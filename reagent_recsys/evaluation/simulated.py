@@ -68,7 +68,7 @@ def simulated_truth(config: PipelineConfig, candidates: dict[str, Scripted], eva
     for name, (policy, metadata) in candidates.items():
         policy_ids = [int(f) for f in metadata.get("feature_ids", table_ids)]
         actors[name] = ServedPolicyActor(policy, policy_ids, action_names, env_features, num_candidates,
-                                         bool(metadata.get("greedy", True)))
+                                         bool(metadata.get("greedy", True)), metadata.get("history"))
     baselines = baseline_actors(config, list(probe.doc_features), slate_size_of(probe))
     truth = []
     for name, actor in {**actors, **baselines}.items():
@@ -83,7 +83,7 @@ def simulated_truth(config: PipelineConfig, candidates: dict[str, Scripted], eva
         with progress.step(f"simulating {len(checkpoints)} checkpoints: {cfg.curve_episodes} episodes each"):
             for epoch, policy in checkpoints:
                 actor = ServedPolicyActor(policy, curve_ids, action_names, env_features, num_candidates,
-                                          bool(first_metadata.get("greedy", True)))
+                                          bool(first_metadata.get("greedy", True)), first_metadata.get("history"))
                 returns = simulate(make, actor, cfg.curve_episodes, config.seed, cfg.simulation_batch_size,
                                    cfg.gamma)
                 curve.append({"epoch": epoch, **GroundTruth.from_returns(f"epoch_{epoch}", returns).to_dict()})

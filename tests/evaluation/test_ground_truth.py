@@ -160,3 +160,53 @@ def test_served_policy_rejects_actions_that_are_not_slots(bad):
     policy = torch.jit.script(ScoreColumns([2, 3]))
     with pytest.raises(ValueError, match="candidate slot"):
         ServedPolicyActor(policy, ENV_IDS, bad, feature_specs(LTSParams.preset("sweet_bitter")), 20, greedy=True)
+
+
+class HistoryRule:
+    """A served-policy stand-in that acts on its history features: sweetest while the decayed sum of the chosen
+    clickbait (column -2) is below 1, else bitterest; it records every state it is given."""
+
+    def __init__(self) -> None:
+        self.seen: list[np.ndarray] = []
+
+    def __call__(self, state: Tensor, presence: Tensor, mask: Tensor) -> dict[str, Tensor]:
+        self.seen.append(state.numpy().copy())
+        clickbait = state[:, 2:22]  # the policy's ids: ENV_IDS, then its 3 history features
+        action = torch.where(state[:, -2] < 1.0, clickbait.argmax(1), clickbait.argmin(1))
+        return {"action": action, "action_probabilities": torch.nn.functional.one_hot(action, 20).double()}
+
+
+def test_served_policy_sees_its_history_features_as_the_timeline_defines_them():
+    from reagent_recsys.history import HistorySpec, spec_to_dict
+
+    spec = HistorySpec(sums=("candidate.clickbait",), decays=(0.7,), counts=("step",), since=("metric.click",))
+    # ids in spec.features order: sum[0.7].candidate.clickbait, count.step, since.metric.click
+    block = spec_to_dict(spec, [1000, 1001, 1002])
+    policy_ids = [*ENV_IDS, 1002, 1000, 1001]  # a permuted order: the history columns are found by id
+    specs = feature_specs(LTSParams.preset("sweet_bitter"))
+    rule = HistoryRule()
+    served = ServedPolicyActor(rule, policy_ids, [str(i) for i in range(20)], specs, 20, greedy=True, history=block)
+    returns = simulate(SWEET_BITTER, served, 50, seed=4, batch_size=25)
+    seen = np.stack(rule.seen).reshape(2, 10, 25, -1)  # (batch, step, user, feature)
+    for batch in seen:
+        chosen = np.where(batch[:, :, -2] < 1.0, batch[:, :, 2:22].argmax(2), batch[:, :, 2:22].argmin(2))
+        clickbait = np.take_along_axis(batch[:, :, 2:22], chosen[:, :, None], 2)[:, :, 0]  # (T, B) float32
+        for t in range(10):  # the definition, step by step: sum_{k<t} 0.7^(t-1-k) x_k, k steps, click always 1
+            acc = np.zeros(25)
+            for k in range(t):
+                acc = acc * 0.7 + clickbait[k].astype(np.float64)
+            np.testing.assert_array_equal(batch[t, :, -2], acc.astype(np.float32))
+            np.testing.assert_array_equal(batch[t, :, -1], np.full(25, t, np.float32))
+            np.testing.assert_array_equal(batch[t, :, -3], np.ones(25, np.float32))  # a click every step
+    assert (seen[:, 3:, :, -2] >= 1.0).any() and (seen[:, 3:, :, -2] < 1.0).any()  # the rule used both branches
+    sweetest = simulate(SWEET_BITTER, LoggingActor(GreedyPolicy("clickbait", "max")), 50, seed=4, batch_size=25)
+    assert abs(returns.mean() - sweetest.mean()) > 1  # the features changed what it did
+
+
+def test_a_history_source_the_simulator_lacks_is_named():
+    from reagent_recsys.history import HistorySpec, spec_to_dict
+
+    block = spec_to_dict(HistorySpec(sums=("metric.revenue",), decays=(1.0,)), [1000])
+    with pytest.raises(ValueError, match="metric.revenue"):
+        ServedPolicyActor(ScoreColumns([2, 3]), [*ENV_IDS, 1000], ["0", "1"], feature_specs(
+            LTSParams.preset("sweet_bitter")), 20, greedy=True, history=block)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from reagent_recsys.evaluation import EvaluationDataError, fit_fqe, fit_reward_model
+from reagent_recsys.evaluation import fit_fqe, fit_reward_model
 from reagent_recsys.evaluation.fqe import QNetwork, next_step_index
 from reagent_recsys.evaluation.history import StateLayout, history_features
 from reagent_recsys.evaluation.inputs import MODEL_STATE, add_model_state
@@ -29,21 +29,28 @@ def test_history_sums_each_episodes_past_whatever_the_row_order():
     key = np.repeat(rng.permutation(40), rng.integers(1, 9, size=40))  # episodes of 1-8 steps
     seq = np.concatenate([np.sort(rng.choice(100, size=n, replace=False)) for n in np.bincount(key)[key[
         np.r_[True, key[1:] != key[:-1]]]]])  # sequence numbers with gaps
-    x = rng.normal(size=(len(key), 3))
+    state = rng.normal(size=(len(key), 4)).astype(np.float32)  # two context columns, candidates in 2 and 3
+    action = rng.integers(0, 2, len(key))
     shuffle = rng.permutation(len(key))
-    key, seq, x = key[shuffle], seq[shuffle], x[shuffle]
-    got = history_features(key, seq, x, [0.5, 1.0])
+    key, seq, state, action = key[shuffle], seq[shuffle], state[shuffle], action[shuffle]
+    layout = StateLayout.from_candidates(4, np.array([[2, 3]]))
+    x = layout.step_inputs(state, action, 2)  # (N, 3): context 0, context 1, the chosen candidate's feature
+    got = history_features(key, seq, state, action, 2, layout, [0.5, 1.0])
     assert got.shape == (len(key), 6) and got.dtype == np.float32
-    np.testing.assert_allclose(got[:, :3], reference_history(key, seq, x, 0.5), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(got[:, 3:], reference_history(key, seq, x, 1.0), rtol=1e-5, atol=1e-5)
+    assert layout.history_spec([0.5, 1.0], 2).names[:2] == ["history.sum[0.5].state.0", "history.sum[1].state.0"]
+    for j in range(3):  # per source, each decay
+        np.testing.assert_allclose(got[:, 2 * j], reference_history(key, seq, x, 0.5)[:, j], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got[:, 2 * j + 1], reference_history(key, seq, x, 1.0)[:, j], rtol=1e-5,
+                                   atol=1e-5)
     first = np.array([seq[i] == seq[key == key[i]].min() for i in range(len(key))])
     assert (got[first] == 0).all() and (got[~first] != 0).any()
-    assert history_features(key, seq, x, []).shape == (len(key), 0)
+    assert history_features(key, seq, state, action, 2, layout, []).shape == (len(key), 0)
 
 
-def test_history_rejects_mismatched_rows():
-    with pytest.raises(EvaluationDataError, match="same rows"):
-        history_features(np.zeros(3), np.arange(3), np.zeros((2, 1)), [1.0])
+def test_the_timelines_history_columns_are_not_summed_again():
+    layout = StateLayout.from_candidates(5, np.array([[1, 2]]), history_columns=[4])  # column 4: timeline history
+    np.testing.assert_array_equal(layout.context_columns, [0, 3])
+    assert layout.history_spec([0.7], 2).sums == ("state.0", "state.3", "candidate.0")
 
 
 def test_step_inputs_hold_the_context_and_the_chosen_candidate():
