@@ -13,7 +13,12 @@ import torch
 from reagent_recsys.artifacts import atomic_directory, package_versions
 from reagent_recsys.export import METADATA_FILE, ExportedPolicy, metadata_dict, script_policy
 from reagent_recsys.history import HistorySpec, numpy_history, spec_to_dict
-from reagent_recsys.normalization import CONTINUOUS, NormalizationArtifact, NormalizationParameters, Preprocessor
+from reagent_recsys.normalization import (
+    CONTINUOUS,
+    NormalizationArtifact,
+    NormalizationParameters,
+    Preprocessor,
+)
 from reagent_recsys.training.networks import DQNModel
 from tests.serving.helpers import NAMES
 

@@ -77,7 +77,7 @@ def test_filled_features_equal_the_definition_on_interleaved_sessions_with_gaps(
             h.feedback(d, reward, metrics)
             served.setdefault(session, []).append({"request": request, "action": d.action, "reward": reward,
                                                    "metrics": metrics, "seen": seen})
-    for session, steps_served in served.items():
+    for steps_served in served.values():
         np.testing.assert_array_equal(np.stack([s["seen"] for s in steps_served]), reference_features(steps_served))
     assert h.state.counts["served_before_feedback"] == 0
 
