@@ -43,7 +43,6 @@ from reagent_recsys.evaluation.inputs import read_features_description, read_spl
 from reagent_recsys.evaluation.pipeline import Target, run_cpe  # noqa: E402
 from reagent_recsys.evaluation.progress import Progress  # noqa: E402
 from reagent_recsys.policies.logging import build_policy  # noqa: E402
-from reagent_recsys.schema import FEATURES_FILE  # noqa: E402
 from workflow.end_to_end import LEDGER_FILE, end_to_end  # noqa: E402
 
 CONFIGS = ("sweet_bitter", "sweet_bitter_latent", "sweet_bitter_bandit")
@@ -63,7 +62,7 @@ def baseline_estimates(config: PipelineConfig) -> dict[str, dict[str, dict[str, 
     manifest = read_table_metadata(table_dir / "eval")
     table_ids, action_names = [int(f) for f in manifest["feature_ids"]], [str(a) for a in manifest["action_names"]]
     train, evaluation = read_split(table_dir / "train"), read_split(table_dir / "eval")
-    layout = state_layout(table_ids, read_features_description(out / "mdp" / FEATURES_FILE), action_names)
+    layout = state_layout(table_ids, read_features_description(config.paths.features_description), action_names)
     probe = env_factory(config.env)(1, np.random.default_rng(0))
     columns = document_columns(table_ids, probe.features, int(probe.num_actions))
     if columns is None:

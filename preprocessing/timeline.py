@@ -12,7 +12,9 @@ Order of the steps (what the counts in the manifest mean):
      one; the last `multi_steps` of those (whose transitions would need the invalid step) are then only next
      states ("quarantine_cut_tail"). Other valid rows of such an episode are "quarantined_episode".
   4. the outlier filter drops whole episodes longer than the percentile of kept episode lengths;
-  5. transitions are built on the kept rows of each episode, then the time window drops steps with
+  5. with timeline.history, each kept row's state gets its history features over the kept rows of its episode
+     (reagent_recsys/history.py; the job adds them), so the next states below carry them too;
+  6. transitions are built on the kept rows of each episode, then the time window drops steps with
      time_since_first >= time_window (a kept step keeps its real next state: a window cut is not a terminal).
 """
 

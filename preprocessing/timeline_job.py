@@ -40,9 +40,10 @@ from preprocessing.timeline import (  # noqa: E402
     split_counts,
     split_ranges,
 )
+from reagent_recsys import history  # noqa: E402
 from reagent_recsys.artifacts import package_versions  # noqa: E402
-from reagent_recsys.config import PipelineConfig  # noqa: E402
-from reagent_recsys.schema import MANIFEST_FILE, MDP, TIMELINE  # noqa: E402
+from reagent_recsys.config import ConfigError, PipelineConfig  # noqa: E402
+from reagent_recsys.schema import FEATURES_FILE, MANIFEST_FILE, MDP, TIMELINE  # noqa: E402
 
 logger = logging.getLogger("reagent_recsys.timeline")
 
@@ -61,6 +62,47 @@ def _input_manifest(spark, input_path: str) -> dict[str, Any]:
     except (ValueError, AttributeError):
         config_hash = None
     return {"manifest_sha256": hashlib.sha256(text.encode()).hexdigest()[:16], "config_hash": config_hash}
+
+
+def read_description(spark, input_path: str) -> dict[str, Any] | None:
+    """The mdp table's `_features.json`, or None when it has none (a logs run may have no description)."""
+    text = io.read_text(spark, f"{input_path}/{FEATURES_FILE}")
+    if text is None:
+        return None
+    try:
+        description = json.loads(text)
+    except ValueError as exc:
+        raise DataValidationError(f"rule features_json: {input_path}/{FEATURES_FILE} is not valid JSON ({exc})") \
+            from None
+    return description if isinstance(description, dict) else None
+
+
+def history_plan(config: PipelineConfig, description: dict[str, Any] | None, raw) -> tuple[history.HistorySpec,
+                                                                                           list[int]] | None:
+    """(spec, feature ids) of `timeline.history`, or None when unset. The ids follow the logs' own feature ids
+    (from the description, else the largest id in the data); `action.*` expands from the description's action
+    values, else from the actions in the data. A source the logs do not describe is a ConfigError naming
+    timeline.history.<field>."""
+    from pyspark.sql import functions as F
+
+    cfg = config.timeline.history
+    if cfg is None:
+        return None
+    action_values = [str(a) for a in ((description or {}).get("action") or {}).get("values", [])]
+    if not action_values and "action.*" in (*cfg.sums, *cfg.counts, *cfg.since):
+        from preprocessing.training_table import sort_action_names
+
+        action_values = sort_action_names({r.action for r in raw.select("action").distinct().collect()
+                                           if r.action is not None})
+    try:
+        spec = history.build_spec(cfg, description, action_values)
+    except history.HistorySpecError as exc:
+        raise ConfigError(str(exc)) from None
+    taken = history.logged_feature_ids(description)
+    if description is None:
+        top = raw.select(F.max(F.array_max(F.map_keys("state_features"))).alias("top")).first()["top"]
+        taken = [] if top is None else [int(top)]
+    return spec, history.assign_ids(spec, taken)
 
 
 def _write_splits(spark, timeline, out: str) -> None:
@@ -105,6 +147,8 @@ def run_timeline(spark, config: PipelineConfig) -> dict[str, Any]:
     input_uri, output_uri = io.qualify(spark, input_path), io.qualify(spark, output_path)
     raw = io.read_parquet_table(spark, input_uri)
     MDP.check_spark(raw.schema)
+    description = read_description(spark, input_uri)
+    plan = history_plan(config, description, raw)  # config errors before any pass over the data
     annotated = annotate_reasons(filter_ds(raw.select(*MDP.names), tl.ds_start, tl.ds_end))
     marked = mark_quarantine(annotated, tl.quarantine)
 
@@ -125,6 +169,9 @@ def run_timeline(spark, config: PipelineConfig) -> dict[str, Any]:
     counts = split_counts(histogram, threshold)
 
     valid = marked.where(F.col("_kept")).select(*MDP.names, "_cut")
+    if plan is not None:  # over the kept steps of each episode, before the n-step lead: next states carry them
+        spec, ids = plan
+        valid = history.spark_history(valid, spec, description, ids)
     timeline = build_timeline(
         valid,
         multi_steps=tl.multi_steps,
@@ -161,8 +208,12 @@ def run_timeline(spark, config: PipelineConfig) -> dict[str, Any]:
             else None,
             "split": {"method": tl.split, "eval_from": eval_from, "ds_range": split_ranges(histogram),
                       "rows_out": {s: counts[s]["rows_out"] for s in SPLITS}},
+            "history": history.spec_to_dict(*plan) if plan is not None else None,
             "package_versions": package_versions(),
         }
+        if plan is not None or description is not None:  # what the features of this table mean
+            io.write_json(spark, f"{out}/{FEATURES_FILE}", history.describe(description, *plan) if plan is not None
+                          else description)
         write_manifest(spark, out, manifest)
     for reason, n in dropped.items():
         if n:

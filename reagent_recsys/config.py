@@ -812,6 +812,15 @@ class RunPaths:
     def timeline_output(self) -> str:
         return self.config.timeline.output_path or self.uri(self.TIMELINE)
 
+    @property
+    def features_description(self) -> Path:
+        """The `_features.json` describing the tables' state features: the timeline's (it adds history features)
+        when it has one, else the mdp table's (local paths; may not exist)."""
+        from reagent_recsys.schema import FEATURES_FILE
+
+        timeline = Path(self.timeline_output) / FEATURES_FILE
+        return timeline if timeline.is_file() else Path(self.mdp_input) / FEATURES_FILE
+
     mdp = property(lambda self: self.root / self.MDP)
     normalization = property(lambda self: self.root / self.NORMALIZATION)
     training_table = property(lambda self: self.root / self.TRAINING_TABLE)

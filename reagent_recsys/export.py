@@ -66,8 +66,10 @@ def script_policy(policy: ExportedPolicy) -> torch.jit.ScriptModule:
 
 def metadata_dict(feature_ids: list[int], feature_names: dict[int, str], action_names: list[str],
                   normalization: dict[str, Any], training: dict[str, Any], export: dict[str, Any],
-                  versions: dict[str, str], **extra: Any) -> dict[str, Any]:
-    """What a server needs besides the weights: the input order, the action names and the provenance."""
+                  versions: dict[str, str], history: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    """What a server needs besides the weights: the input order, the action names and the provenance; with
+    `history` (the timeline's `history.spec_to_dict` block) the history features among the inputs, which a
+    server computes per session (`history.spec_from_dict`, `history.SessionHistory`) instead of a client."""
     return {
         "format": "reagent_recsys.policy/1",
         "inputs": {
@@ -87,5 +89,6 @@ def metadata_dict(feature_ids: list[int], feature_names: dict[int, str], action_
         "training_config": training,
         "export_config": export,
         "versions": versions,
+        **({"history": history} if history else {}),
         **extra,
     }

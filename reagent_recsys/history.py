@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 KINDS = ("sum", "count", "since")
+HISTORY_KIND = "history"  # the `kind` of a history feature in _features.json
 _SOURCE_KINDS = ("reward", "metric", "state", "candidate", "action", "step")
 
 
@@ -108,9 +109,10 @@ def spec_from_dict(block: Mapping) -> tuple[HistorySpec, list[int]]:
 
 def expand_sources(patterns: Iterable[str], description: Mapping | None, action_values: Sequence[str] = ()) -> tuple[
         str, ...]:
-    """Sources with wildcards expanded from the logs' _features.json: `state.*` (every feature that is not a
-    candidate's), `candidate.*` (every candidate feature name), `action.*` (every action value)."""
-    features = list((description or {}).get("features", []))
+    """Sources with wildcards expanded from the logs' _features.json: `state.*` (every feature that is neither a
+    candidate's nor a history feature: no sums of sums), `candidate.*` (every candidate feature name), `action.*`
+    (every action value)."""
+    features = [f for f in (description or {}).get("features", []) if f.get("kind") != HISTORY_KIND]
     candidates = [str(f["name"]).split(".", 1)[-1] for f in features if f.get("slot") is not None]
     state = [str(f["name"]) for f in features if f.get("slot") is None]
     wildcard = {"state.*": state, "candidate.*": candidates, "action.*": [str(a) for a in action_values]}
@@ -125,17 +127,55 @@ def expand_sources(patterns: Iterable[str], description: Mapping | None, action_
     return tuple(dict.fromkeys(out))
 
 
-def build_spec(config, description: Mapping | None, action_values: Sequence[str] = ()) -> HistorySpec:
-    """The spec of a `timeline.history` config section (config.HistoryConfig), wildcards expanded."""
-    return HistorySpec(sums=expand_sources(config.sums, description, action_values), decays=tuple(config.decays),
-                       counts=expand_sources(config.counts, description, action_values),
-                       since=expand_sources(config.since, description, action_values))
+def build_spec(config, description: Mapping | None, action_values: Sequence[str] = (),
+               field: str = "timeline.history") -> HistorySpec:
+    """The spec of a `timeline.history` config section (config.HistoryConfig), wildcards expanded and every
+    state/candidate/action source checked against the logs' description; a HistorySpecError names
+    `<field>.<sums|counts|since>` and the source."""
+    expanded = {}
+    for name in ("sums", "counts", "since"):
+        try:
+            sources = expand_sources(getattr(config, name), description, action_values)
+            for source in sources:
+                check_source(source, description, action_values)
+        except HistorySpecError as exc:
+            raise HistorySpecError(f"{field}.{name}: {exc}") from None
+        expanded[name] = sources
+    return HistorySpec(decays=tuple(config.decays), **expanded)
+
+
+def check_source(source: str, description: Mapping | None, action_values: Sequence[str] = ()) -> None:
+    """Raise HistorySpecError when the logs cannot provide `source` (a state or candidate feature they do not
+    describe, an action value they never take). Metrics are an open map: any name is accepted."""
+    kind, _, name = source.partition(".")
+    if kind == "state":
+        state_feature_id(description, name)
+    elif kind == "candidate":
+        candidate_feature_ids(description, name)
+    elif kind == "action" and action_values and name not in {str(a) for a in action_values}:
+        raise HistorySpecError(f"history source {source!r}: the logs have no action {name!r} (actions: "
+                               f"{list(action_values)[:10]})")
 
 
 def assign_ids(spec: HistorySpec, taken: Iterable[int]) -> list[int]:
     """Feature ids for spec.features: consecutive from the first multiple of 1000 above every taken id."""
     start = (max(taken, default=-1) // 1000 + 1) * 1000
     return list(range(start, start + len(spec.features)))
+
+
+def logged_feature_ids(description: Mapping | None) -> list[int]:
+    """The ids of the logs' own features (history features a server logged are not theirs: recomputed)."""
+    return [int(f["id"]) for f in (description or {}).get("features", []) if f.get("kind") != HISTORY_KIND]
+
+
+def describe(description: Mapping | None, spec: HistorySpec, ids: Sequence[int]) -> dict:
+    """The `_features.json` of a table with history features: the logs' description (minus any history
+    features a server logged), one entry per history feature and the "history" block (`spec_to_dict`)."""
+    base = dict(description or {})
+    features = [f for f in base.get("features", []) if f.get("kind") != HISTORY_KIND]
+    features += [{"id": int(i), "name": name, "kind": HISTORY_KIND, "slot": None} for i, name in zip(
+        ids, spec.names, strict=True)]
+    return {**base, "features": features, "history": spec_to_dict(spec, ids)}
 
 
 def candidate_feature_ids(description: Mapping | None, name: str) -> dict[str, int]:
@@ -151,8 +191,9 @@ def candidate_feature_ids(description: Mapping | None, name: str) -> dict[str, i
 
 
 def state_feature_id(description: Mapping | None, name: str) -> int:
+    """The state feature id of the logs' feature `name` (history features are not sources: no sums of sums)."""
     for f in (description or {}).get("features", []):
-        if str(f["name"]) == name:
+        if str(f["name"]) == name and f.get("kind") != HISTORY_KIND:
             return int(f["id"])
     raise HistorySpecError(f"history source 'state.{name}': the logs describe no feature named {name!r}")
 

@@ -21,7 +21,6 @@ from reagent_recsys.evaluation.pipeline import run_cpe
 from reagent_recsys.evaluation.progress import Progress
 from reagent_recsys.evaluation.report import summarize, warnings_of, write_report
 from reagent_recsys.evaluation.targets import build_targets, check_policy_paths
-from reagent_recsys.schema import FEATURES_FILE
 
 
 def evaluate(config: PipelineConfig) -> dict[str, Any]:
@@ -35,7 +34,7 @@ def evaluate(config: PipelineConfig) -> dict[str, Any]:
     with progress.step("reading the training table"):
         train, evaluation = read_split(table_dir / "train"), read_split(table_dir / "eval")
     targets, scripted = build_targets(cfg.policies, out / "export", train, evaluation, table_ids, action_names)
-    description = read_features_description(Path(config.timeline.input_path or out / "mdp") / FEATURES_FILE)
+    description = read_features_description(config.paths.features_description)
     layout = state_layout(table_ids, description, action_names)
     report = run_cpe(cfg, config.seed, train, evaluation, targets, layout, progress).to_dict()
 

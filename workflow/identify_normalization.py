@@ -20,7 +20,7 @@ def text_sha256(text: str | None) -> str | None:
 
 
 def feature_names(features_json: str | None) -> dict[int, str]:
-    """Feature id -> name from the mdp table's `_features.json` ({"features": [{"id", "name", ...}]})."""
+    """Feature id -> name from a `_features.json` ({"features": [{"id", "name", ...}]})."""
     if features_json is None:
         return {}
     try:
@@ -59,7 +59,8 @@ def _identify(spark, config: PipelineConfig, paths: tuple[str, str]) -> dict[str
         "config_hash": config.section_hash("normalization"),
         "normalization": config.normalization.model_dump(mode="json"),
     }
-    names = feature_names(io.read_text(spark, f"{mdp_path}/{FEATURES_FILE}"))
+    names = feature_names(io.read_text(spark, f"{timeline_path}/{FEATURES_FILE}")  # it adds history features
+                          or io.read_text(spark, f"{mdp_path}/{FEATURES_FILE}"))
     artifact = identify(statistics, config.normalization, names=names, inputs=inputs)
     path = normalization_path(config)
     artifact.save(path)
