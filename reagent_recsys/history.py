@@ -330,6 +330,7 @@ class SessionHistory:
         self._decays = np.asarray(spec.decays, dtype=np.float64)
         self._state = self._initial()
         self._pending: list[np.ndarray] = []  # (S,) x of the steps after the folded ones, in order
+        self._ahead: tuple | None = None  # (state, n): the first n pending steps folded with unknowns as 0
 
     def _initial(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         return (np.zeros((len(self.spec.sums), len(self._decays))), np.zeros(len(self.spec.counts), np.int64),
@@ -362,17 +363,20 @@ class SessionHistory:
         for source, value in values.items():
             if source in self._column:
                 self._pending[index][self._column[source]] = value
+        self._ahead = None
         self._commit()
 
     def _commit(self) -> None:
         while self._pending and not np.isnan(self._pending[0]).any():
             self._state = self._fold(self._state, self._pending.pop(0))
+            self._ahead = None
 
     def next_features(self) -> np.ndarray:
         """(len(spec.features),) float32: the history features the session's next step sees."""
-        state = self._state
-        for x in self._pending:
+        state, done = self._ahead or (self._state, 0)  # steps awaiting feedback are folded once, not per call
+        for x in self._pending[done:]:
             state = self._fold(state, np.nan_to_num(x, nan=0.0))
+        self._ahead = (state, len(self._pending))
         sums, counts, last, position = state
         since = np.where(last >= 0, position - last, position + 1)
         return np.concatenate([sums.ravel(), counts, since]).astype(np.float32)

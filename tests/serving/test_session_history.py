@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from reagent_recsys.config import ConfigError, ServeSessionsConfig
-from reagent_recsys.history import HistorySpec, spec_to_dict
+from reagent_recsys.history import HistorySpec, numpy_history, spec_to_dict
 from reagent_recsys.serving.decision_log import Decision
 from reagent_recsys.serving.policy import Layout
 from reagent_recsys.serving.requests import RequestError, parse_decisions
@@ -105,6 +105,35 @@ def test_late_feedback_counts_as_zero_until_it_arrives_and_a_timeout_is_reward_z
     state.observe_feedback([d0])
     _, seen = act(2)
     assert seen == [2.0, 1.0]  # as the table computes it: rewards 0 + 2, one missing feedback
+
+
+def test_many_steps_awaiting_feedback_in_any_order():
+    """Each decision sees the earlier steps' rewards known so far (0 for those still awaited), exactly."""
+    spec = HistorySpec(sums=("reward",), decays=(0.5, 1.0), counts=("step",), since=("metric.click",))
+    layout = Layout.from_metadata(history_metadata(spec))
+    state = HistorySessionState(layout.history, ServeSessionsConfig())
+    columns = [layout.feature_ids.tolist().index(i) for i in layout.history["ids"]]
+    rng = np.random.default_rng(5)
+    rewards, clicks = rng.normal(size=40).round(3), (rng.random(40) < 0.3).astype(float)
+    known: set[int] = set()
+    awaiting: list[Decision] = []
+    for t in range(40):
+        parsed = parse_decisions(decision("u", t), layout, provided=state.provided)
+        state.fill(parsed, layout)
+        x = np.array([[rewards[k] if k in known else 0.0, 1.0, clicks[k] if k in known else 0.0] for k in range(t)]
+                     + [[0.0, 1.0, 0.0]])
+        expected = numpy_history(np.zeros(t + 1, dtype=np.int64), np.arange(t + 1), x, spec)[t]
+        np.testing.assert_array_equal(parsed.values[0, columns], expected)
+        d = Decision(f"d{t}", "u", t, 0.0, layout.feature_ids.tolist(), parsed.values[0], "1", 1.0, ["1"], "v")
+        state.observe_decisions([d], layout)
+        awaiting.append(d)
+        if t >= 20:  # feedback starts late, then arrives a few at a time in shuffled order
+            for k in rng.permutation(len(awaiting))[:rng.integers(0, 4)].tolist():
+                d = awaiting[k]
+                d.reward, d.metrics = float(rewards[d.sequence_number]), {"click": clicks[d.sequence_number]}
+                state.observe_feedback([d])
+                known.add(d.sequence_number)
+            awaiting = [d for d in awaiting if d.sequence_number not in known]
 
 
 def test_idle_and_lru_sessions_end_and_are_refused_with_409():
