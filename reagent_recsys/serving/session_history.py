@@ -66,6 +66,7 @@ class _StepPlan:
         self.state: dict[str, int] = {}  # source -> feature id
         self.candidate: dict[str, dict[str, int]] = {}  # source -> {action: feature id}
         self.action: dict[str, str] = {}  # source -> action value
+        self._indexes: dict[int, tuple[list[int], dict[int, int]]] = {}
         for source in sources:
             kind, _, name = source.partition(".")
             if kind == "state":
@@ -75,9 +76,18 @@ class _StepPlan:
             elif kind == "action":
                 self.action[source] = name
 
+    def _index(self, feature_ids: list[int]) -> dict[int, int]:
+        """{feature id: position in `feature_ids`}, cached per list: the policy shares one list per pattern."""
+        cached = self._indexes.get(id(feature_ids))
+        if cached is None or cached[0] is not feature_ids:
+            if len(self._indexes) >= 256:
+                self._indexes.clear()
+            cached = self._indexes[id(feature_ids)] = (feature_ids, {f: k for k, f in enumerate(feature_ids)})
+        return cached[1]
+
     def step_values(self, d: Decision) -> dict[str, float]:
         """The decision-time sources of `d` (absent features count 0, as in spark_step_values)."""
-        index = {fid: k for k, fid in enumerate(d.feature_ids)}
+        index = self._index(d.feature_ids)
 
         def value(fid: int | None) -> float:
             k = index.get(fid) if fid is not None else None
