@@ -5,6 +5,7 @@ over HTTP from concurrent clients, one step's feedback missing (zero_reward); th
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from reagent_recsys.artifacts import atomic_directory
 from reagent_recsys.history import spark_history, spec_from_dict
 from reagent_recsys.mdp_writer import check_written, read_mdp
 from reagent_recsys.schema import FEATURES_FILE
@@ -140,3 +142,33 @@ def test_history_with_the_drop_rule_is_a_config_error(history_run, tmp_path: Pat
     server = ServerProcess(tmp_path, out, on_missing_feedback="drop")
     with pytest.raises(RuntimeError, match="serve.on_missing_feedback"):
         server.start(timeout=60)
+
+
+def test_a_restart_refuses_old_sessions_and_a_reload_must_keep_the_history_block(history_run, exported_run,
+                                                                                  tmp_path: Path):
+    """The history lives in the process: after a restart on the same log, a session with logged decisions is
+    refused (409 naming session_id) and a new one is served; an export without the same history block is not
+    hot-loaded (the running version keeps serving, counted as a reload failure)."""
+    old, sessions, _, _, out = history_run
+    export_dir = tmp_path / "export"
+    shutil.copytree(out / "export", export_dir)
+    shutil.copytree(old.log_dir, tmp_path / "log")  # the same log, restarted on (a copy: other tests read it)
+    server = ServerProcess(tmp_path / "srv", out, log_dir=tmp_path / "log", export_dir=str(export_dir),
+                           reload_seconds=0.2)
+    with server:
+        client = server.client()
+        last = sessions["h0"][-1]["request"]["step"]
+        status, answer = client.post("/v1/act", decision("h0", last + 1))
+        assert (status, answer["field"]) == (409, "session_id") and "before this server started" in answer["error"]
+        version = server.health()["policy_version"]
+        with atomic_directory(export_dir) as tmp:  # a policy without history features
+            shutil.copytree(exported_run / "export", tmp, dirs_exist_ok=True)
+        deadline = time.monotonic() + 30
+        while "reagent_policy_reload_failures_total 1" not in client.request("GET", "/metrics")[1]:
+            assert time.monotonic() < deadline, server.stderr()[-2000:]
+            time.sleep(0.2)
+        assert server.health()["policy_version"] == version
+        assert "history features differ" in server.stderr()
+        status, answer = client.post("/v1/act", decision("fresh", 0))
+        assert status == 200 and answer["policy_version"] == version
+        assert server.stop() in (0, -signal.SIGTERM)
