@@ -309,7 +309,7 @@ def create_app(server: PolicyServer) -> FastPaths:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         recovered = server.log.open(server.policy.layout.features_description())
-        server.session_state.open({mdp_id for mdp_id, _ in server.log.keys})
+        server.session_state.open(mdp_id for mdp_id, _ in server.log.keys)  # read only by history state
         if recovered["pending"] or recovered["complete"]:
             logger.warning("decision log: recovered %d decisions awaiting feedback and %d complete rows from the "
                            "journal", recovered["pending"], recovered["complete"])
