@@ -13,7 +13,10 @@ generator is this process: asyncio keep-alive HTTP/1.1 connections in a closed l
 * act, 1 decision/request: /v1/act with one decision and its 20 candidates (the target: >= 2,000 decisions/s
   at p99 <= 20 ms);
 * act + feedback: each decision followed by its /v1/feedback (the log gets complete rows; 2 requests/decision);
-* act, --batch decisions/request.
+* act, --batch decisions/request;
+* history: the same single-decision rows on a second server whose export has history features (decayed sums of
+  the chosen candidate's clickbait and of the reward at 4 decays, and the step count: 9 features the server keeps
+  per session, reagent_recsys/serving/session_history.py), side by side with the rows above.
 
 Latencies are end to end at the client. "Where the time goes" reads the server's /metrics: its handler time
 and forward-pass time per decision, and the mean number of decisions per forward pass (concurrent requests are
@@ -40,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 from reagent_recsys.data.synthetic import synthetic_normalization  # noqa: E402
 from reagent_recsys.export import METADATA_FILE, ExportedPolicy, metadata_dict, script_policy  # noqa: E402
+from reagent_recsys.history import HistorySpec, spec_to_dict  # noqa: E402
 from reagent_recsys.normalization import Preprocessor  # noqa: E402
 from reagent_recsys.serving.process import ServerProcess  # noqa: E402
 from reagent_recsys.training.networks import DQNModel  # noqa: E402
@@ -47,16 +51,23 @@ from reagent_recsys.training.networks import DQNModel  # noqa: E402
 CANDIDATES = 20
 
 
-def make_export(directory: Path) -> Path:
-    """A sweet_bitter-shaped policy with random weights -> directory/export/{policy.pt, metadata.json}."""
+HISTORY = HistorySpec(sums=("candidate.clickbait", "reward"), decays=(0.5, 0.8, 0.95, 1.0), counts=("step",))
+
+
+def make_export(directory: Path, history: bool = False) -> Path:
+    """A sweet_bitter-shaped policy with random weights -> directory/export/{policy.pt, metadata.json}; with
+    `history`, HISTORY's features are inputs too (ids 1000...) and the metadata carries the history block."""
     torch.manual_seed(0)
-    ids = [0, 3, *range(100, 100 + CANDIDATES)]
+    history_ids = list(range(1000, 1000 + len(HISTORY.features))) if history else []
+    ids = [0, 3, *range(100, 100 + CANDIDATES), *history_ids]
     artifact = synthetic_normalization(ids)
     artifact.names = {0: "user.satisfaction", 3: "time.progress",
-                      **{100 + i: f"doc[{i}].clickbait" for i in range(CANDIDATES)}}
+                      **{100 + i: f"doc[{i}].clickbait" for i in range(CANDIDATES)},
+                      **dict(zip(history_ids, HISTORY.names, strict=False))}
     model = DQNModel(artifact.output_dim, CANDIDATES, [256, 128])
     scripted = script_policy(ExportedPolicy(Preprocessor(artifact), model))
-    metadata = metadata_dict(ids, artifact.names, [str(i) for i in range(CANDIDATES)], artifact.to_json(), {}, {}, {})
+    metadata = metadata_dict(ids, artifact.names, [str(i) for i in range(CANDIDATES)], artifact.to_json(), {}, {}, {},
+                             history=spec_to_dict(HISTORY, history_ids) if history else None)
     out = directory / "export"
     out.mkdir(parents=True, exist_ok=True)
     torch.jit.save(scripted, str(out / "policy.pt"), _extra_files={METADATA_FILE: json.dumps(metadata)})
@@ -183,6 +194,23 @@ def where_time_goes(before: dict[str, float], after: dict[str, float]) -> str:
             f"mean (includes waiting for the batch)")
 
 
+def serve_rows(server: ServerProcess, prefix: str, cases: list[tuple[str, int, bool]],
+               args: argparse.Namespace) -> list[tuple[str, dict[str, float], str]]:
+    rows = []
+    proc, port = server.proc, server.port
+    for name, batch, feedback in cases:
+        before, cpu = scrape(port), cpu_seconds(proc.pid)
+        connections = args.connections if batch == 1 else max(2, args.connections // 8)
+        result = asyncio.run(load(port, connections, args.seconds, batch, feedback, f"{batch}{feedback}"))
+        server_cpu = cpu_seconds(proc.pid) - cpu
+        decisions = result["decisions/s"] * args.seconds
+        note = where_time_goes(before, scrape(port))
+        note += (f"; server CPU {1e6 * server_cpu / decisions:.0f} us/decision "
+                 f"(= {decisions / server_cpu:,.0f} decisions per CPU-second)")
+        rows.append((f"{prefix}{name} ({connections} conn.)", result, note))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -196,25 +224,17 @@ def main() -> None:
         rows = [("bare forward, 1 row/call", bare_forward(export / "export" / "policy.pt", 1, args.seconds), ""),
                 (f"bare forward, {args.batch} rows/call",
                  bare_forward(export / "export" / "policy.pt", args.batch, args.seconds), "")]
-        server = ServerProcess(directory / "server", directory, seed=0, export_dir=str(export / "export"),
-                               exploration="epsilon_greedy", epsilon=0.1, reload_seconds=0,
-                               feedback_timeout_seconds=86400).start()
-        proc, port = server.proc, server.port
-        try:
-            for name, batch, feedback in [("act, 1 decision/request", 1, False),
-                                          ("act + feedback, 1 decision", 1, True),
-                                          (f"act, {args.batch} decisions/request", args.batch, False)]:
-                before, cpu = scrape(port), cpu_seconds(proc.pid)
-                connections = args.connections if batch == 1 else max(2, args.connections // 8)
-                result = asyncio.run(load(port, connections, args.seconds, batch, feedback, f"{batch}{feedback}"))
-                server_cpu = cpu_seconds(proc.pid) - cpu
-                decisions = result["decisions/s"] * args.seconds
-                note = where_time_goes(before, scrape(port))
-                note += (f"; server CPU {1e6 * server_cpu / decisions:.0f} us/decision "
-                         f"(= {decisions / server_cpu:,.0f} decisions per CPU-second)")
-                rows.append((f"{name} ({connections} conn.)", result, note))
-        finally:
-            server.stop()
+        single = [("act, 1 decision/request", 1, False), ("act + feedback, 1 decision", 1, True)]
+        servers = [("", export, [*single, (f"act, {args.batch} decisions/request", args.batch, False)]),
+                   ("history: ", make_export(directory / "history", history=True), single)]
+        for prefix, run_dir, cases in servers:
+            server = ServerProcess(directory / f"server{prefix[:1]}", run_dir, seed=0,
+                                   export_dir=str(run_dir / "export"), exploration="epsilon_greedy", epsilon=0.1,
+                                   reload_seconds=0, feedback_timeout_seconds=86400).start()
+            try:
+                rows += serve_rows(server, prefix, cases, args)
+            finally:
+                server.stop()
     print(f"\nload average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {args.seconds:g} s per row\n")
     print(f"{'':44s} {'decisions/s':>12s} {'p50 ms':>8s} {'p99 ms':>8s} {'requests':>9s} {'errors':>6s}")
     for name, r, note in rows:

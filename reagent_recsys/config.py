@@ -610,6 +610,20 @@ class ServeFlushConfig(StrictModel):
     )
 
 
+class ServeSessionsConfig(StrictModel):
+    """Per-session history state (used when the served export has history features, timeline.history): the
+    server keeps each session's running history in memory, bounded by these limits."""
+
+    max_sessions: int = Field(
+        100_000, gt=0, description="Most sessions kept; past it the least recently used session ends (a later "
+        "decision for an ended session is refused, 409 naming session_id: start a new session_id)."
+    )
+    idle_seconds: float = Field(
+        3600.0, gt=0, description="A session without a decision for this long ends (its memory is freed; later "
+        "decisions for it are refused, 409 naming session_id)."
+    )
+
+
 class ServeConfig(StrictModel):
     """workflow.serve: an HTTP server for export/policy.pt that logs its decisions as an mdp table."""
 
@@ -635,7 +649,8 @@ class ServeConfig(StrictModel):
     )
     on_missing_feedback: Literal["zero_reward", "drop"] = Field(
         "zero_reward", description="zero_reward: log the decision with reward 0 and metric feedback_missing = 1; "
-        "drop: keep it out of the log. Either way it is counted in the log's _manifest.json."
+        "drop: keep it out of the log. Either way it is counted in the log's _manifest.json. An export with "
+        "history features needs zero_reward (a dropped row would shift the later steps' history in the table)."
     )
     allow_missing_features: bool = Field(
         False, description="Accept decisions that omit some features (served as absent, presence 0); false: 422."
@@ -649,6 +664,10 @@ class ServeConfig(StrictModel):
     )
     torch_threads: int = Field(1, gt=0, description="torch intra-op threads of the server.")
     flush: ServeFlushConfig = Field(default_factory=ServeFlushConfig, description="Decision log flush policy.")
+    sessions: ServeSessionsConfig = Field(
+        default_factory=ServeSessionsConfig, description="Limits of the per-session history state (exports with "
+        "history features only)."
+    )
 
 
 class IterateConfig(StrictModel):

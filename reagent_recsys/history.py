@@ -27,6 +27,7 @@ steps at every step (cost ~ L^2 / 2 per episode of length L: cheap for sessions 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -314,6 +315,15 @@ def _horner(decay: float):
 # The server: one session at a time
 
 
+@functools.lru_cache(maxsize=16)
+def _session_layout(spec: HistorySpec) -> tuple[dict[str, int], tuple[str, ...], tuple[np.ndarray, ...], np.ndarray]:
+    """(source -> column, sources, index arrays of the sums', counts' and since's sources, decays) of a spec."""
+    column = {s: i for i, s in enumerate(spec.sources)}
+    picks = tuple(np.array([column[s] for s in sources], dtype=np.intp)
+                  for sources in (spec.sums, spec.counts, spec.since))
+    return column, spec.sources, picks, np.asarray(spec.decays, dtype=np.float64)
+
+
 class SessionHistory:
     """One session's history, for the server: the features of its next step, updated as steps are served.
 
@@ -326,10 +336,10 @@ class SessionHistory:
 
     def __init__(self, spec: HistorySpec) -> None:
         self.spec = spec
-        self._column = {s: i for i, s in enumerate(spec.sources)}
-        self._decays = np.asarray(spec.decays, dtype=np.float64)
+        self._column, self._sources, self._picks, self._decays = _session_layout(spec)  # shared by sessions
         self._state = self._initial()
         self._pending: list[np.ndarray] = []  # (S,) x of the steps after the folded ones, in order
+        self._ahead: tuple | None = None  # (state, n): the first n pending steps folded with unknowns as 0
 
     def _initial(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         return (np.zeros((len(self.spec.sums), len(self._decays))), np.zeros(len(self.spec.counts), np.int64),
@@ -342,15 +352,15 @@ class SessionHistory:
 
     def _fold(self, state, x: np.ndarray):
         sums, counts, last, position = state
-        pick = lambda sources: x[[self._column[s] for s in sources]]  # noqa: E731
-        sums = sums * self._decays[None, :] + pick(self.spec.sums)[:, None]  # (S_sum, D): acc * d + x
-        counts = counts + (pick(self.spec.counts) > 0)
-        last = np.where(pick(self.spec.since) > 0, position, last)
+        pick_sums, pick_counts, pick_since = self._picks
+        sums = sums * self._decays[None, :] + x[pick_sums][:, None]  # (S_sum, D): acc * d + x
+        counts = counts + (x[pick_counts] > 0)
+        last = np.where(x[pick_since] > 0, position, last)
         return sums, counts, last, position + 1
 
     def add_step(self, values: Mapping[str, float]) -> int:
         """Record the next served step's source values (missing or NaN: not known yet); returns its position."""
-        self._pending.append(np.array([values.get(s, np.nan) for s in self.spec.sources], dtype=np.float64))
+        self._pending.append(np.array([values.get(s, np.nan) for s in self._sources], dtype=np.float64))
         self._commit()
         return self.steps - 1
 
@@ -362,17 +372,20 @@ class SessionHistory:
         for source, value in values.items():
             if source in self._column:
                 self._pending[index][self._column[source]] = value
+        self._ahead = None
         self._commit()
 
     def _commit(self) -> None:
         while self._pending and not np.isnan(self._pending[0]).any():
             self._state = self._fold(self._state, self._pending.pop(0))
+            self._ahead = None
 
     def next_features(self) -> np.ndarray:
         """(len(spec.features),) float32: the history features the session's next step sees."""
-        state = self._state
-        for x in self._pending:
+        state, done = self._ahead or (self._state, 0)  # steps awaiting feedback are folded once, not per call
+        for x in self._pending[done:]:
             state = self._fold(state, np.nan_to_num(x, nan=0.0))
+        self._ahead = (state, len(self._pending))
         sums, counts, last, position = state
         since = np.where(last >= 0, position - last, position + 1)
         return np.concatenate([sums.ravel(), counts, since]).astype(np.float32)

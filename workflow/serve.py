@@ -33,8 +33,10 @@ def serve(config: PipelineConfig) -> dict[str, Any]:
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets=sockets)
+            history = server.policy.layout.history
+            kept = f"; {len(history['ids'])} history features kept per session" if history else ""
             print(f"serving {server.policy_path} version {server.policy.version} on http://{cfg.host}:{port} "
-                  f"(decision log {log_dir})", file=sys.stderr, flush=True)
+                  f"(decision log {log_dir}{kept})", file=sys.stderr, flush=True)
             if cfg.port_file:
                 write_json_atomic(cfg.port_file, {"port": port, "host": cfg.host})
 

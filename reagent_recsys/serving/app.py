@@ -39,6 +39,7 @@ from reagent_recsys.serving.requests import (
     parse_json,
 )
 from reagent_recsys.serving.session import SessionState
+from reagent_recsys.serving.session_history import session_state_for
 
 logger = logging.getLogger("reagent_recsys.serve")
 MAINTENANCE_SECONDS = 0.05
@@ -81,7 +82,8 @@ class PolicyServer:
         torch.set_num_threads(config.torch_threads)
         self.policy = LoadedPolicy(self.policy_path)
         self.rng = np.random.default_rng(seed)
-        self.session_state = session_state or SessionState()
+        self.session_state = session_state or session_state_for(self.policy.layout, config.on_missing_feedback,
+                                                                config.sessions)
         flush = config.flush
         self.log = DecisionLog(log_dir, max_rows=flush.max_rows, max_seconds=flush.max_seconds,
                                fsync_seconds=flush.fsync_seconds, journal_max_bytes=flush.journal_max_bytes,
@@ -127,12 +129,18 @@ class PolicyServer:
         queue, self.queue = self.queue, []
         batch: list[_Pending] = []
         rows = 0
+        sequential = self.session_state.sequential
+        sessions: set[str] = set()  # of the batch, when one session's decisions must be served one after another
         for item in queue:
-            if batch and (rows + len(item.parsed.steps) > self.config.max_batch or item.policy is not batch[0].policy):
+            if batch and (rows + len(item.parsed.steps) > self.config.max_batch or item.policy is not batch[0].policy
+                          or (sequential and not sessions.isdisjoint(item.parsed.session_ids))):
                 self._serve_batch(batch)
                 batch, rows = [], 0
+                sessions.clear()
             batch.append(item)
             rows += len(item.parsed.steps)
+            if sequential:
+                sessions.update(item.parsed.session_ids)
         if batch:
             self._serve_batch(batch)
 
@@ -149,8 +157,17 @@ class PolicyServer:
         started = time.perf_counter()
         policy = batch[0].policy
         layout = policy.layout
+        filled = []
         for item in batch:
-            self.session_state.fill(item.parsed, layout)
+            try:
+                self.session_state.fill(item.parsed, layout)
+            except RequestError as exc:  # refused by the session state (e.g. an ended session): that request only
+                item.future.set_exception(exc)
+                continue
+            filled.append(item)
+        if not filled:
+            return
+        batch = filled
         values = np.concatenate([b.parsed.values for b in batch])  # (B, F)
         presence = np.concatenate([b.parsed.presence for b in batch])
         mask = np.concatenate([b.parsed.mask for b in batch])  # (B, A)
@@ -196,7 +213,7 @@ class PolicyServer:
                 results.append(result)
             answers.append((item, results))
         self.log.add_decisions(accepted)  # journaled before any response is released
-        self.session_state.observe_decisions(accepted)
+        self.session_state.observe_decisions(accepted, layout)
         for item, results in answers:
             item.future.set_result(results)
         self.metrics.decisions += len(accepted)
@@ -219,6 +236,7 @@ class PolicyServer:
                 closed = self.log.expire()
                 if closed:
                     self.session_state.observe_feedback(closed)
+                self.session_state.maintain()
                 if self.log.fsync_due():
                     self.log.fsync()
                 if self.writing is None and self.log.segment_due():
@@ -260,6 +278,14 @@ class PolicyServer:
                 logger.exception("loading %s failed; version %s keeps serving", self.policy_path, self.policy.version)
                 self.policy = _restamped(self.policy, stamp)  # do not retry the same broken file
                 continue
+            try:
+                self.session_state.check_layout(policy.layout)
+            except ValueError as exc:
+                self.metrics.reload_failures += 1
+                logger.error("not serving %s version %s: %s; version %s keeps serving", self.policy_path,
+                             policy.version, exc, self.policy.version)
+                self.policy = _restamped(self.policy, stamp)
+                continue
             if policy.version != self.policy.version:
                 self.log.update_features(policy.layout.features_description())
                 self.metrics.reloads += 1
@@ -283,6 +309,7 @@ def create_app(server: PolicyServer) -> FastPaths:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         recovered = server.log.open(server.policy.layout.features_description())
+        server.session_state.open(mdp_id for mdp_id, _ in server.log.keys)  # read only by history state
         if recovered["pending"] or recovered["complete"]:
             logger.warning("decision log: recovered %d decisions awaiting feedback and %d complete rows from the "
                            "journal", recovered["pending"], recovered["complete"])
@@ -316,7 +343,8 @@ def create_app(server: PolicyServer) -> FastPaths:
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        text = server.metrics.render(server.policy.version, server.log.counts, len(server.log.pending))
+        text = server.metrics.render(server.policy.version, server.log.counts, len(server.log.pending),
+                                     server.session_state.stats())
         return Response(text, media_type="text/plain; version=0.0.4")
 
     return FastPaths(server, app)

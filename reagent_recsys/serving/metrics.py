@@ -49,7 +49,8 @@ class Metrics:
             hist = self.latency[endpoint] = Histogram(LATENCY_BUCKETS)
         hist.observe(seconds)
 
-    def render(self, version: str, log_counts: dict[str, int], pending: int) -> str:
+    def render(self, version: str, log_counts: dict[str, int], pending: int,
+               sessions: dict[str, int] | None = None) -> str:
         def block(name: str, kind: str, help_text: str, samples: list[str]) -> list[str]:
             return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
 
@@ -83,4 +84,17 @@ class Metrics:
                        [f"reagent_policy_reloads_total {self.reloads}"])
         lines += block("reagent_policy_reload_failures_total", "counter", "Exports that failed to load (the old "
                        "version kept serving).", [f"reagent_policy_reload_failures_total {self.reload_failures}"])
+        if sessions:  # the per-session history state (exports with history features)
+            lines += block("reagent_history_sessions", "gauge", "Sessions whose history the server keeps.",
+                           [f"reagent_history_sessions {sessions['sessions']}"])
+            lines += block("reagent_history_sessions_ended_total", "counter", "Sessions ended, by reason.", [
+                f'reagent_history_sessions_ended_total{{reason="idle"}} {sessions["sessions_ended_idle"]}',
+                f'reagent_history_sessions_ended_total{{reason="lru"}} {sessions["sessions_ended_lru"]}'])
+            lines += block("reagent_history_refused_ended_total", "counter", "Decisions refused (409) because "
+                           "their session had ended or predates the server.",
+                           [f"reagent_history_refused_ended_total {sessions['refused_ended']}"])
+            lines += block("reagent_history_served_before_feedback_total", "counter", "Decisions served while the "
+                           "session's previous feedback was pending (their history saw that reward as 0; the "
+                           "retrained table sees the real one).",
+                           [f"reagent_history_served_before_feedback_total {sessions['served_before_feedback']}"])
         return "\n".join(lines) + "\n"

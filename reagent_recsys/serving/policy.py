@@ -37,6 +37,7 @@ class Layout:
     candidate_columns: dict[str, np.ndarray]  # per-candidate feature -> (K,) state column of slot 0..K-1
     slot_actions: np.ndarray  # (K,) action index of candidate slot 0..K-1 (empty without candidate features)
     name_columns: dict[str, int] = field(default_factory=dict)  # every feature name -> state column
+    history: dict[str, Any] | None = None  # the export's history block (history.spec_to_dict), if any
 
     @property
     def num_features(self) -> int:
@@ -78,16 +79,19 @@ class Layout:
             candidate_columns=candidate_columns,
             slot_actions=slot_actions,
             name_columns={n: c for c, n in enumerate(names)},
+            history=metadata.get("history"),
         )
 
     def features_description(self) -> dict[str, Any]:
         """The decision log's `_features.json`, in the format workflow.offline_gym writes."""
         in_slots = {int(c): s for cols in self.candidate_columns.values() for s, c in enumerate(cols)}
+        history_ids = set((self.history or {}).get("ids", []))
         features = []
         for column, (fid, name) in enumerate(zip(self.feature_ids.tolist(), self.feature_names, strict=True)):
             slot = in_slots.get(column)
-            features.append({"id": fid, "name": name, "kind": "context" if slot is None else "document",
-                             "slot": slot})
+            kind = "history" if fid in history_ids else "context" if slot is None else "document"
+            features.append({"id": fid, "name": name, "kind": kind, "slot": slot})
+        history = {"history": self.history} if self.history else {}
         return {
             "features": features,
             "action": {"meaning": "the served action (candidate slot index when requests carry candidates)",
@@ -95,6 +99,7 @@ class Layout:
             "reward": "the reward posted to /v1/feedback (0 when it never came, on_missing_feedback: zero_reward)",
             "metrics": {"feedback_missing": "1 if the feedback timed out (reward 0), else 0; plus the metrics "
                                             "posted with the feedback"},
+            **history,  # the features the server computed from each session's earlier steps (as served)
         }
 
 

@@ -8,7 +8,8 @@
 
 Without candidates, per-candidate features may be given in `context` by their full names (``doc[0].clickbait``)
 and ``possible_actions`` (action names) may restrict the choice. /v1/feedback takes ``{"decision_id": ...,
-"reward": 1.5, "metrics": {"click": 1}}`` or ``{"feedback": [...]}``.
+"reward": 1.5, "metrics": {"click": 1}}`` or ``{"feedback": [...]}``. History features (exports with a history
+block) are filled by the server from the session's earlier steps: a request that sends one is refused.
 """
 
 from __future__ import annotations
