@@ -52,7 +52,7 @@ def import_paths(config: PipelineConfig) -> tuple[str, str]:
     """(input logs, output mdp table) of a run."""
     if config.import_ is None:
         raise ConfigError("import: workflow.import_logs needs an `import` section (the logs to read)")
-    return config.import_.path, config.import_.output_path or config.output_uri("mdp")
+    return config.import_.path, config.paths.import_output
 
 
 def read_input(spark, path: str, fmt: str):

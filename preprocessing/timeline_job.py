@@ -47,12 +47,6 @@ from reagent_recsys.schema import FEATURES_FILE, MANIFEST_FILE, MDP, TIMELINE  #
 
 logger = logging.getLogger("reagent_recsys.timeline")
 
-def timeline_paths(config: PipelineConfig) -> tuple[str, str]:
-    """(input mdp table, output timeline directory) for a run."""
-    tl = config.timeline
-    return tl.input_path or config.output_uri("mdp"), tl.output_path or config.output_uri("timeline")
-
-
 def _input_manifest(spark, input_path: str) -> dict[str, Any]:
     text = io.read_text(spark, f"{input_path}/{MANIFEST_FILE}")
     if text is None:
@@ -143,7 +137,7 @@ def run_timeline(spark, config: PipelineConfig) -> dict[str, Any]:
     from pyspark.sql import functions as F
 
     tl = config.timeline
-    input_path, output_path = timeline_paths(config)
+    input_path, output_path = config.paths.mdp_input, config.paths.timeline_output
     input_uri, output_uri = io.qualify(spark, input_path), io.qualify(spark, output_path)
     raw = io.read_parquet_table(spark, input_uri)
     MDP.check_spark(raw.schema)

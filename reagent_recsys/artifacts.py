@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -16,6 +17,11 @@ from typing import Any
 from reagent_recsys.schema import MANIFEST_FILE
 
 _TRACKED_PACKAGES = ("reagent-recsys", "numpy", "pyarrow", "pandas", "pyspark", "torch", "pydantic", "petastorm")
+
+
+def text_sha256(text: str | None) -> str | None:
+    """A short content hash recorded in manifests to tie an artifact to its inputs (None when absent)."""
+    return None if text is None else hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def package_versions() -> dict[str, str]:

@@ -821,6 +821,21 @@ class RunPaths:
         timeline = Path(self.timeline_output) / FEATURES_FILE
         return timeline if timeline.is_file() else Path(self.mdp_input) / FEATURES_FILE
 
+    @property
+    def import_output(self) -> str:
+        """The mdp table workflow.import_logs writes: `import.output_path`, else output_dir/mdp."""
+        return (self.config.import_.output_path if self.config.import_ else None) or self.uri(self.MDP)
+
+    @property
+    def serve_export(self) -> Path:
+        """The export directory workflow.serve serves: `serve.export_dir`, else output_dir/export."""
+        return Path(self.config.serve.export_dir) if self.config.serve.export_dir else self.export
+
+    @property
+    def decision_log(self) -> Path:
+        """Where workflow.serve logs its decisions: `serve.log_dir`, else output_dir/decision_log."""
+        return Path(self.config.serve.log_dir) if self.config.serve.log_dir else self.root / "decision_log"
+
     mdp = property(lambda self: self.root / self.MDP)
     normalization = property(lambda self: self.root / self.NORMALIZATION)
     training_table = property(lambda self: self.root / self.TRAINING_TABLE)
@@ -831,6 +846,7 @@ class RunPaths:
     export = property(lambda self: self.root / self.EXPORT)
     policy = property(lambda self: self.root / self.EXPORT / "policy.pt")
     evaluation = property(lambda self: self.root / self.EVALUATION)
+    iterate = property(lambda self: self.root / "iterate")
     config_file = property(lambda self: self.root / "config.yaml")
 
 

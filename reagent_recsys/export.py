@@ -13,11 +13,15 @@ Loading needs torch only; the metadata is also embedded in the file (`_extra_fil
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from reagent_recsys.artifacts import atomic_directory, package_versions, write_json_atomic
+from reagent_recsys.config import PipelineConfig
+from reagent_recsys.normalization import NormalizationArtifact, Preprocessor
 from reagent_recsys.training.networks import DQNModel, bcq_filter
 
 METADATA_FILE = "metadata.json"
@@ -92,3 +96,47 @@ def metadata_dict(feature_ids: list[int], feature_names: dict[int, str], action_
         **({"history": history} if history else {}),
         **extra,
     }
+
+
+def export_policy(config: PipelineConfig) -> dict[str, Any]:
+    """Script the trained policy with its normalization and write it with its metadata (atomically)."""
+    from reagent_recsys.training.trainer import (
+        load_model,  # here: a server importing this module needs no trainer
+    )
+
+    paths = config.paths
+    model_path = paths.model
+    if not model_path.exists():
+        raise FileNotFoundError(f"{model_path}: no trained model; run workflow.train first")
+    model, payload = load_model(model_path)
+    artifact = NormalizationArtifact.load(paths.normalization)
+    if list(payload["feature_ids"]) != list(artifact.feature_ids):
+        raise ValueError(f"{model_path} was trained on feature_ids {payload['feature_ids'][:10]}..., "
+                         f"normalization.json has {artifact.feature_ids[:10]}...; retrain")
+    history = _history_block(config, artifact.feature_ids)
+    policy = ExportedPolicy(Preprocessor(artifact), model, config.export.temperature,
+                            config.training.bcq_threshold)
+    scripted = script_policy(policy)
+    metadata = metadata_dict(
+        artifact.feature_ids, artifact.names, payload["action_names"], artifact.to_json(),
+        config.training.model_dump(mode="json"), config.export.model_dump(mode="json"), package_versions(),
+        history=history, model_spec=payload["spec"], algorithm=config.training.algorithm, greedy=config.export.greedy,
+        seed=config.seed,
+    )
+    with atomic_directory(paths.export) as tmp:
+        torch.jit.save(scripted, str(tmp / "policy.pt"), _extra_files={METADATA_FILE: json.dumps(metadata)})
+        write_json_atomic(tmp / METADATA_FILE, metadata)
+    return {"policy": str(paths.policy), "metadata": str(paths.export / METADATA_FILE),
+            "num_features": len(artifact.feature_ids), "num_actions": len(payload["action_names"])}
+
+
+def _history_block(config: PipelineConfig, feature_ids: list[int]) -> dict[str, Any] | None:
+    """The timeline's history block (its `_features.json`), whose features the policy takes as inputs."""
+    path = config.paths.features_description
+    block = json.loads(path.read_text()).get("history") if path.is_file() else None
+    if block:
+        missing = sorted(set(block["ids"]) - set(feature_ids))
+        if missing:
+            raise ValueError(f"{path}: history feature ids {missing[:5]} are not in normalization.json; run "
+                             "workflow.identify_normalization and workflow.train again")
+    return block or None

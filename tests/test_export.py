@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from reagent_recsys.export import ExportedPolicy
+from reagent_recsys.export import export_policy as export
 from reagent_recsys.normalization import NormalizationArtifact, Preprocessor
 from reagent_recsys.training.run import train
 from reagent_recsys.training.trainer import load_model
 from tests.training.helpers import make_run, tiny_config
-from workflow.export import export
 
 F, A = 6, 5
 

@@ -10,7 +10,6 @@ Everything lands in ``<output_dir>/evaluation/`` in one atomic rename.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from reagent_recsys.config import PipelineConfig
@@ -26,20 +25,20 @@ from reagent_recsys.evaluation.targets import build_targets, check_policy_paths
 def evaluate(config: PipelineConfig) -> dict[str, Any]:
     """Evaluate the configured policies; write <output_dir>/evaluation; return the key figures and a summary."""
     started, progress = time.perf_counter(), Progress("evaluate")
-    cfg, out = config.evaluation, Path(config.output_dir)
-    check_policy_paths(cfg.policies, out / "export")
-    table_dir = out / "training_table"
+    cfg, paths = config.evaluation, config.paths
+    check_policy_paths(cfg.policies, paths.export)
+    table_dir = paths.training_table
     manifest = read_table_metadata(table_dir / "eval")
     table_ids, action_names = [int(f) for f in manifest["feature_ids"]], [str(a) for a in manifest["action_names"]]
     with progress.step("reading the training table"):
         train, evaluation = read_split(table_dir / "train"), read_split(table_dir / "eval")
-    targets, scripted = build_targets(cfg.policies, out / "export", train, evaluation, table_ids, action_names)
+    targets, scripted = build_targets(cfg.policies, paths.export, train, evaluation, table_ids, action_names)
     description = read_features_description(config.paths.features_description)
     layout = state_layout(table_ids, description, action_names)
     report = run_cpe(cfg, config.seed, train, evaluation, targets, layout, progress).to_dict()
 
     metadata = scripted.get(cfg.policies[0].name, (None, {}))[1]
-    checkpoints = checkpoint_policies(out / "training" / "checkpoints", out / "normalization.json", metadata)
+    checkpoints = checkpoint_policies(paths.checkpoints, paths.normalization, metadata)
     if config.simulated:
         from reagent_recsys.evaluation.simulated import attach_truth, simulated_truth
 
@@ -55,10 +54,10 @@ def evaluate(config: PipelineConfig) -> dict[str, Any]:
     report["summary"], report["warnings"] = summarize(report), warnings_of(report)
     report["seconds"] = round(time.perf_counter() - started, 2)
     with progress.step("writing report.json and report.png"):
-        paths = write_report(out / "evaluation", report)
+        written = write_report(paths.evaluation, report)
     for line in (report["summary"]["verdict"], *report["warnings"]):
         progress.line(line)
-    return {**_key_figures(report), **paths, "summary": report["summary"], "warnings": report["warnings"],
+    return {**_key_figures(report), **written, "summary": report["summary"], "warnings": report["warnings"],
             "seconds": report["seconds"]}
 
 

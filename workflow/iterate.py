@@ -67,7 +67,7 @@ def iterate(config: PipelineConfig) -> dict[str, Any]:
     if config.env is None:
         raise ConfigError("env: workflow.iterate simulates users and needs an `env` section")
     cfg = config.iterate
-    root = Path(config.output_dir) / "iterate"
+    root = config.paths.iterate
     served = root / "served" / "export"
     bootstrap_export(config.env, served)
     incumbent: dict[str, Any] = {"round": 0, "policy": "uniform random (bootstrap)", "estimate": None,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -112,7 +111,7 @@ def offline_gym(config: PipelineConfig) -> dict[str, Any]:
     width = episode_id_width(log_cfg.num_episodes)
 
     rows, total_reward = 0, 0.0
-    table_dir = Path(config.output_dir) / "mdp"
+    table_dir = config.paths.mdp
     with atomic_directory(table_dir) as tmp, tqdm(
         total=log_cfg.num_episodes, unit="episode", desc="offline_gym", file=sys.stderr
     ) as progress:

@@ -51,10 +51,7 @@ def _json(payload: Any, status: int = 200) -> Response:
 
 def serve_paths(config: PipelineConfig) -> tuple[Path, Path]:
     """(export directory, decision-log directory) of `config.serve`."""
-    cfg = config.serve
-    export_dir = Path(cfg.export_dir) if cfg.export_dir else Path(config.output_dir) / "export"
-    log_dir = Path(cfg.log_dir) if cfg.log_dir else Path(config.output_dir) / "decision_log"
-    return export_dir, log_dir
+    return config.paths.serve_export, config.paths.decision_log
 
 
 def build_server(config: PipelineConfig, session_state: SessionState | None = None) -> PolicyServer:

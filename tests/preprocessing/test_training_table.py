@@ -114,17 +114,21 @@ def write_run(spark, root) -> PipelineConfig:
 
 
 @pytest.mark.slow
-def test_workflows_end_to_end(spark, tmp_path):
+def test_normalization_and_training_table_jobs(spark, tmp_path):
     from petastorm import make_batch_reader
 
-    from workflow.identify_normalization import identify_normalization
-    from workflow.registry import get_workflow
-    from workflow.training_table import training_table
+    from preprocessing.normalization_job import run_identify_normalization
+    from preprocessing.training_table_job import run_training_table
+
+    def identify_normalization(config):
+        return run_identify_normalization(spark, config)
+
+    def training_table(config):
+        return run_training_table(spark, config)
 
     config = write_run(spark, tmp_path)
     with pytest.warns(RareFeatureWarning, match="feature 9"):
         summary = identify_normalization(config)
-    assert get_workflow("workflow.identify_normalization").load() is identify_normalization
     assert summary["features"] == 3 and summary["types"] == {"CONTINUOUS": 2, "ENUM": 1}
     artifact = NormalizationArtifact.load(config.output_dir / "normalization.json")
     assert artifact.feature_ids == [1, 3, 9] and artifact.names == {1: "user.one"}
@@ -140,8 +144,7 @@ def test_workflows_end_to_end(spark, tmp_path):
         training_table(bad)
     assert not (config.output_dir / "training_table").exists()
 
-    summary = get_workflow("workflow.training_table").load()(config)
-    assert get_workflow("workflow.training_table").load() is training_table
+    summary = training_table(config)
     out = config.output_dir / "training_table"
     manifest = json.loads((out / MANIFEST_FILE).read_text())
     assert manifest["feature_ids"] == [1, 3, 9] and manifest["action_names"] == ACTIONS

@@ -20,8 +20,8 @@ CONTEXT = {"user.satisfaction": 0.5, "time.progress": -0.5}
 
 def build_export(out: Path, seed: int = 0, epochs: int = 1) -> Path:
     """Train and export a tiny DQN on synthetic rows (seconds); returns the run's output_dir."""
+    from reagent_recsys.export import export_policy as export
     from reagent_recsys.training.run import train
-    from workflow.export import export
 
     write_synthetic_run(out, 1500, num_features=6, num_actions=4, seed=seed, row_group_size=250)
     artifact = NormalizationArtifact.load(out / "normalization.json")

@@ -43,7 +43,7 @@ def _timeline_rows(spark, path) -> dict[tuple[str, int], dict[int, float]]:
 
 @pytest.mark.slow
 def test_served_history_features_equal_the_timeline_rows_of_the_decision_log(spark, tmp_path):
-    from workflow.export import export
+    from reagent_recsys.export import export_policy as export
     from workflow.identify_normalization import identify_normalization
     from workflow.offline_gym import offline_gym
     from workflow.timeline_operator import timeline_operator
