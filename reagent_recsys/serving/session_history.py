@@ -130,7 +130,7 @@ class HistorySessionState(SessionState):
 
     def _plan(self, layout: Layout) -> _StepPlan:
         plan = self._plans.get(id(layout))
-        if plan is None:
+        if plan is None or plan.layout is not layout:
             self.check_layout(layout)
             if len(self._plans) >= 4:  # old policy versions
                 self._plans.clear()
