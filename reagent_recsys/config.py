@@ -555,7 +555,8 @@ class SparkConfig(StrictModel):
     app_name: str = Field("reagent_recsys", description="Spark application name.")
     shuffle_partitions: int = Field(8, gt=0, description="spark.sql.shuffle.partitions.")
     driver_memory: str = Field("2g", description="spark.driver.memory (local mode).")
-    conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark settings.")
+    conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark settings (a local driver's "
+                                 "spark.driver.extraJavaOptions are added to the ones reagent_recsys sets).")
 
 
 # ------------------------------------------------------------------------------------------- serving
