@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import TEST_SPARK
+
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, str(ROOT / "workflow" / "cli.py")]
 TINY = {
@@ -23,7 +25,7 @@ TINY = {
     "training": {"epochs": 1, "batch_size": 128, "hidden_sizes": [16], "torch_threads": 1, "shuffle_buffer": 500},
     "evaluation": {"ground_truth_episodes": 100, "curve_episodes": 50, "bootstrap_samples": 20,
                    "fqe_iterations": 3, "fqe_epochs": 1, "reward_model_epochs": 2, "model_bootstrap_fits": 0},
-    "spark": {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "1g"},
+    "spark": {**TEST_SPARK, "shuffle_partitions": 2},
 }
 
 
