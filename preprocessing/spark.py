@@ -82,9 +82,11 @@ def get_spark(config: SparkConfig | None = None, master: str | None = None):
         # wide projection (the dense training table: ~130 expressions) into one such method, which then runs
         # interpreted: measured 32 -> 5 CPU-s per million rows. With this limit Spark splits such stages.
         "spark.sql.codegen.hugeMethodLimit": "8000",
-        "spark.driver.extraJavaOptions": java_options,
         **scratch,
         **config.conf,
+        # the user's JVM options (e.g. -XX:TieredStopAtLevel=1 for short test runs) go after ours, not instead
+        "spark.driver.extraJavaOptions": " ".join(
+            filter(None, [java_options, config.conf.get("spark.driver.extraJavaOptions", "").strip()])),
     }
     for key, value in settings.items():
         builder = builder.config(key, value)

@@ -10,6 +10,7 @@ import difflib
 import hashlib
 import json
 import os
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
@@ -588,7 +589,8 @@ class SparkConfig(StrictModel):
     app_name: str = Field("reagent_recsys", description="Spark application name.")
     shuffle_partitions: int = Field(8, gt=0, description="spark.sql.shuffle.partitions.")
     driver_memory: str = Field("2g", description="spark.driver.memory (local mode).")
-    conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark settings.")
+    conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark settings (a local driver's "
+                                 "spark.driver.extraJavaOptions are added to the ones reagent_recsys sets).")
 
 
 # ------------------------------------------------------------------------------------------- serving
@@ -780,12 +782,23 @@ class PipelineConfig(StrictModel):
         """True when the run has a simulator (`env`); False for a logs run."""
         return self.env is not None
 
-    def section_hash(self, *sections: str) -> str:
-        """A stable hash of the named sections (and the seed): stage outputs record it to detect staleness."""
+    def section_data(self, *sections: str,
+                     exclude: Mapping[str, Collection[str]] | None = None) -> dict[str, Any]:
+        """The named sections (by field name or alias) and the seed as JSON-able data, keyed as named, less the
+        fields `exclude` names per section (e.g. {"training": ["resume"]}: fields that shape no output)."""
         dumped = self.model_dump(mode="json")
         fields = type(self).model_fields
         payload = {name: dumped[(fields[name].alias or name) if name in fields else name]
                    for name in ("seed", *sections)}
+        for section, names in (exclude or {}).items():
+            if isinstance(payload.get(section), dict):
+                payload[section] = {k: v for k, v in payload[section].items() if k not in names}
+        return payload
+
+    def section_hash(self, *sections: str, exclude: Mapping[str, Collection[str]] | None = None) -> str:
+        """A stable hash of `section_data(*sections, exclude=exclude)`: stage outputs and the end_to_end ledger
+        record it to detect staleness."""
+        payload = self.section_data(*sections, exclude=exclude)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,3 +1,6 @@
+import hashlib
+import json
+
 import pytest
 
 from reagent_recsys.config import ConfigError, describe_schema, load_config, validate_config
@@ -72,6 +75,22 @@ def test_section_hash_is_stable_and_sensitive():
     b = validate_config({"output_dir": "other", "training": {"epochs": 99}})
     assert a.section_hash("env", "logging") == b.section_hash("env", "logging")
     assert a.section_hash("training") != b.section_hash("training")
+
+
+def test_section_hash_leaves_out_the_excluded_fields():
+    plain = validate_config({"output_dir": "o", "import": {"path": "l.csv", "format": "csv", "step_column": "t"}})
+    resumed = validate_config({"output_dir": "o", "training": {"resume": True, "torch_threads": 3},
+                               "import": {"path": "l.csv", "format": "csv", "step_column": "t"}})
+    operational = {"training": ("resume", "torch_threads")}
+    assert plain.section_hash("training") != resumed.section_hash("training")
+    assert plain.section_hash("training", exclude=operational) == resumed.section_hash("training", exclude=operational)
+    data = resumed.section_data("import", "training", exclude=operational)
+    assert list(data) == ["seed", "import", "training"] and data["import"]["path"] == "l.csv"  # named by alias
+    assert "resume" not in data["training"] and data["training"]["epochs"] == plain.training.epochs
+    assert resumed.section_data("import_")["import_"] == data["import"]  # or by field name
+    # the hash of exactly that data: the end_to_end ledger stores both and compares the data field by field
+    assert resumed.section_hash("training", exclude=operational) == hashlib.sha256(
+        json.dumps(resumed.section_data("training", exclude=operational), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def test_output_uri_keeps_hadoop_uris_and_local_paths():

@@ -37,6 +37,7 @@ from reagent_recsys.summary import format_run_summary  # noqa: E402
 from workflow.registry import WORKFLOWS, get_workflow  # noqa: E402
 
 UNLOCKED = {"workflow.serve"}  # long-lived readers of an output_dir; every other run holds its lock
+WRITES_ITS_CONFIG = {"workflow.end_to_end"}  # writes OUTPUT_DIR/config.yaml itself (for Python-API callers too)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -87,7 +88,8 @@ def run(workflow_name: str, config_path: str, overrides: tuple[str, ...], as_jso
         lock = contextlib.nullcontext() if workflow.name in UNLOCKED else output_dir_lock(config.output_dir)
         with stdout_to_stderr() if as_json else contextlib.nullcontext(), lock:
             result = workflow.load()(config)
-            write_resolved_config(config)  # the config of the last successful run beside its outputs
+            if workflow.name not in WRITES_ITS_CONFIG:
+                write_resolved_config(config)  # the config of the last successful run beside its outputs
     except Exception as exc:  # noqa: BLE001 - one clear line for users; the traceback on request
         fail(exc, debug)
     seconds = time.perf_counter() - started

@@ -105,20 +105,6 @@ def external_fingerprint(uri: str) -> str | None:
     return fingerprint(Path(uri.removeprefix("file://")))
 
 
-def _sections(config: PipelineConfig, names: list[str]) -> dict[str, Any]:
-    """The named sections (and the seed) as data, less the operational fields."""
-    dumped = config.model_dump(mode="json")
-    payload = {name: dumped.get(name) for name in ("seed", *names)}
-    for section, fields in OPERATIONAL_FIELDS.items():
-        if isinstance(payload.get(section), dict):
-            payload[section] = {k: v for k, v in payload[section].items() if k not in fields}
-    return payload
-
-
-def _key(sections: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
     """Dotted names of the fields whose values differ, with old -> new."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -166,8 +152,8 @@ def run_stages(config: PipelineConfig, out: Path) -> list[dict[str, Any]]:
     report = []
     for index, stage in enumerate(plan, start=1):
         section_names.extend(stage.sections)
-        sections = _sections(config, section_names)
-        key = _key(sections)
+        sections = config.section_data(*section_names, exclude=OPERATIONAL_FIELDS)
+        key = config.section_hash(*section_names, exclude=OPERATIONAL_FIELDS)
         inputs = {**products, **{uri: external_fingerprint(uri) for uri in stage.external_inputs(config)}}
         output = out / stage.output
         entry = ledger.get(stage.workflow, {})

@@ -109,3 +109,12 @@ def test_scratch_dirs_of_dead_processes_are_swept(tmp_path):
     mine = local_scratch_dir(str(tmp_path))
     assert mine.name.endswith(f"-{os.getpid()}") and mine.exists()
     assert not dead.parent.exists()
+
+
+def test_user_java_options_are_added_to_ours(spark):
+    from tests.conftest import TEST_JAVA_OPTIONS
+
+    jvm_args = list(spark._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean().getInputArguments())
+    assert set(TEST_JAVA_OPTIONS.split()) <= set(jvm_args), jvm_args  # the session fixture's options, in force
+    assert any(arg.startswith("-Dlog4j.configurationFile=") for arg in jvm_args)  # and ours, kept
+    assert any(arg.startswith("-Djava.io.tmpdir=") and "reagent_recsys-spark-" in arg for arg in jvm_args)

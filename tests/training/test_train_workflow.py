@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from reagent_recsys.data.synthetic import synthetic_normalization
 from reagent_recsys.training.run import train
@@ -119,41 +112,3 @@ def test_feature_mismatch_is_reported(tmp_path):
 def test_missing_inputs_are_reported(tmp_path):
     with pytest.raises(FileNotFoundError, match="workflow.training_table"):
         train(tiny_config(tmp_path))
-
-
-@pytest.mark.slow
-def test_sigkill_mid_training_then_resume(tmp_path):
-    """A real `cli.py run workflow.train` killed with SIGKILL after its first checkpoint, then resumed."""
-    training = {"epochs": 6, "batch_size": 32, "hidden_sizes": [64, 64], "torch_threads": 1, "log_every": 50,
-                "shuffle_buffer": 1000}
-    killed_dir, clean_dir = make_run(tmp_path / "killed", 3000), make_run(tmp_path / "clean", 3000)
-    config_path = tmp_path / "run.yaml"
-    config_path.write_text(yaml.safe_dump({"output_dir": str(killed_dir), "seed": 1, "training": training}))
-    command = [sys.executable, str(ROOT / "workflow" / "cli.py"), "run", "workflow.train", str(config_path)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    def first_checkpoint() -> bool:  # written into the run's temporary directory, swapped in at the end
-        return bool(list(killed_dir.glob(".training.tmp-*/checkpoints/epoch_0001.pt")))
-
-    deadline = time.monotonic() + 120
-    while not first_checkpoint() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert proc.poll() is None, "training finished (or failed) before it could be killed: " + proc.stderr.read().decode()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    assert not (killed_dir / "training" / "model.pt").exists()
-    assert not (killed_dir / "training" / "checkpoints").exists()  # nothing of the killed run in training/
-
-    resumed = subprocess.run([*command, "--set", "training.resume=true"], env=env, capture_output=True, text=True,
-                             timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    summary = json.loads((killed_dir / "training" / "summary.json").read_text())
-    assert summary["resumed_from"] is not None
-
-    config = tiny_config(clean_dir, **training)
-    config.seed = 1
-    clean = train(config)
-    assert summary["updates"] == clean["updates"] == 6 * 94  # ceil(3000 / 32) per epoch
-    assert summary["weights_sha256"] == clean["weights_sha256"]
-    shutil.rmtree(tmp_path, ignore_errors=True)

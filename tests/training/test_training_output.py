@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -113,7 +112,7 @@ def test_temporaries_of_live_processes_are_left_alone(tmp_path):
     assert live.exists() and output.work.exists()
     output.abort()
     assert not output.work.exists()
-    assert signal.SIGKILL  # the SIGKILL cases run in tests/training/test_train_workflow.py and test_reliability
+    # a real SIGKILL of `cli.py run workflow.train`, then resume: tests/workflow/test_reliability.py
 
 
 def test_an_empty_eval_split_is_one_line_not_a_failure(tmp_path, capsys):

@@ -1,18 +1,19 @@
-"""workflow.end_to_end: skip what is up to date, rerun what a changed input or config reaches, one run per dir."""
+"""workflow.end_to_end: skip what is up to date, rerun what a changed input or config reaches.
+
+(One run per output_dir, the lock: tests/workflow/test_reliability.py, with two real runs started together.)
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.conftest import TEST_SPARK
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, str(ROOT / "workflow" / "cli.py")]
@@ -24,7 +25,7 @@ TINY = {
     "training": {"epochs": 1, "batch_size": 128, "hidden_sizes": [16], "torch_threads": 1, "shuffle_buffer": 500},
     "evaluation": {"ground_truth_episodes": 100, "curve_episodes": 50, "bootstrap_samples": 20,
                    "fqe_iterations": 3, "fqe_epochs": 1, "reward_model_epochs": 2, "model_bootstrap_fits": 0},
-    "spark": {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "1g"},
+    "spark": {**TEST_SPARK, "shuffle_partitions": 2},
 }
 
 
@@ -72,29 +73,3 @@ def test_changed_input_reruns_from_the_stage_that_reads_it(tmp_path):
                           "export", "evaluate"]
     assert "skipped: up to date" in rows["training_table"]
     assert "ran: config changed: training.epochs 1 -> 2" in rows["train"]
-
-
-def test_a_second_run_on_the_same_output_dir_stops_at_once(tmp_path):
-    out = tmp_path / "out"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom reagent_recsys.run_lock import output_dir_lock\n"
-         f"with output_dir_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(120)\n"],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        config = write_config(tmp_path / "run.yaml", output_dir=str(out))
-        started = time.monotonic()
-        refused = run("offline_gym", str(config))
-        assert refused.returncode == 1 and time.monotonic() - started < 60
-        first_line = refused.stderr.splitlines()[0]
-        assert f"another run is using this output_dir (pid {holder.pid} on " in first_line, first_line
-        assert not (out / "mdp").exists()
-    finally:
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.wait(timeout=10)
-    # the killed holder's lock is stale: the next run takes it over and says so
-    done = run("offline_gym", str(config))
-    assert done.returncode == 0, done.stderr
-    assert f"taking over the lock of a run that did not finish (pid {holder.pid} on" in done.stderr
-    assert (out / "mdp").is_dir()
-    shutil.rmtree(out)

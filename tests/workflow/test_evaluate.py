@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from reagent_recsys.config import PipelineConfig, validate_config
 from reagent_recsys.evaluation.inputs import fqe_transitions, read_split
 from reagent_recsys.evaluation.targets import load_torchscript, policy_probabilities
 from workflow.evaluate import evaluate
 
+ROOT = Path(__file__).resolve().parents[2]
 ONE_STEP = ["DM", "IPS", "SNIPS", "DR", "Switch-DR"]
 SEQUENTIAL = ["PDIS", "WPDIS", "FQE", "DR", "WDR", "MAGIC"]
 BASELINES = ["logging", "random", "always_sweetest", "always_bitterest"]
 
 
-def tiny_config(output_dir: Path) -> PipelineConfig:
-    return validate_config({
+def tiny_raw(output_dir: Path) -> dict:
+    return {
         "output_dir": str(output_dir), "seed": 5,
         "env": {"type": "lts", "preset": "sweet_bitter"},
         "logging": {"num_episodes": 240, "batch_size": 240,
@@ -31,7 +37,11 @@ def tiny_config(output_dir: Path) -> PipelineConfig:
         "evaluation": {"ground_truth_episodes": 600, "curve_episodes": 200, "bootstrap_samples": 60,
                        "fqe_iterations": 10, "reward_model_epochs": 5},
         "spark": {"master": "local[2]", "shuffle_partitions": 2, "driver_memory": "1g"},
-    })
+    }
+
+
+def tiny_config(output_dir: Path) -> PipelineConfig:
+    return validate_config(tiny_raw(output_dir))
 
 
 @pytest.fixture(scope="module")
@@ -118,11 +128,27 @@ def test_target_probabilities_follow_the_served_mode(run):
 
 
 @pytest.mark.slow
-def test_same_seed_same_report(run):
+def test_sigkill_mid_evaluation_then_the_rerun_writes_the_same_report(run, tmp_path):
+    """A real `cli.py run workflow.evaluate` killed while it fits its models leaves the report untouched; a rerun
+    (same seed) writes the same report."""
     config, _, report = run
+    out = config.output_dir
+    before = {p.name: p.read_bytes() for p in (out / "evaluation").iterdir()}
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(tiny_raw(out)))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "workflow" / "cli.py"), "run", "workflow.evaluate",
+                             str(config_path)], env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    for line in proc.stderr:  # past reading the table: fitting the reward model and FQE
+        if line.startswith("evaluate: ") and "reading the training table" not in line:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "evaluate ended before it could be killed"
+    assert {p.name: p.read_bytes() for p in (out / "evaluation").iterdir()} == before
     evaluate(config)
     again = json.loads((config.output_dir / "evaluation" / "report.json").read_text())
     assert {**again, "seconds": 0, "cpe_seconds": 0} == {**report, "seconds": 0, "cpe_seconds": 0}
+    assert not [p.name for p in out.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from reagent_recsys.data.decision_log import DecisionLogSpec, policy_value, write_decision_log
+from tests.conftest import TEST_SPARK
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "sample_configs" / "decision_log.yaml"
@@ -42,7 +43,8 @@ def logs_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("logs_run")
     write_decision_log(root / "data", DecisionLogSpec())
     overrides = [f"output_dir={root / 'out'}", f"import.path={root / 'data' / 'decisions.csv'}",
-                 f"import.items.path={root / 'data' / 'items.csv'}", "spark.master=local[2]"]
+                 f"import.items.path={root / 'data' / 'items.csv'}", "spark.master=local[2]",
+                 f"spark.conf={json.dumps(TEST_SPARK['conf'])}"]
     proc = subprocess.run(
         [sys.executable, "-c", GUARDED_RUN, str(CONFIG), *[x for o in overrides for x in ("--set", o)]],
         cwd=ROOT, capture_output=True, text=True, timeout=1500,
