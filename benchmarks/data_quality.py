@@ -46,6 +46,8 @@ ALGORITHMS: dict[str, dict[str, Any]] = {
 # The sweep's evaluation: the sample's FQE, but the model held fixed (no refits: intervals from the episode
 # bootstrap only) and a shorter training curve, to keep 18 evaluations affordable on a shared 2-core machine.
 SWEEP_EVALUATION = {"model_bootstrap_fits": 0, "curve_episodes": 200, "fqe_epochs": 2}
+# The rows the targets are about run first (a long run may be stopped); the table keeps the logical order.
+RUN_ORDER = ("expert_20%", "expert_80%", "random", "expert_100%", "expert_50%", "always_sweetest")
 UPSTREAM = ("workflow.offline_gym", "workflow.timeline_operator", "workflow.identify_normalization",
             "workflow.training_table")
 UPSTREAM_PATHS = (RunPaths.MDP, RunPaths.TIMELINE, RunPaths.NORMALIZATION, RunPaths.TRAINING_TABLE)
@@ -114,9 +116,11 @@ def run_sweep(out_root: Path, overrides: list[str], episodes: int = SWEEP_EPISOD
           file=sys.stderr, flush=True)
     base = load_config(sample, [f"output_dir={out_root}", *overrides])
     rows: dict[str, dict[str, Any]] = {}
-    for name, policy in logs(expert_dir / RunPaths.EXPORT).items():
+    policies = logs(expert_dir / RunPaths.EXPORT)
+    for name in sorted(policies, key=lambda n: RUN_ORDER.index(n) if n in RUN_ORDER else len(RUN_ORDER)):
         if only_logs and name not in only_logs:
             continue
+        policy = policies[name]
         log_dir = out_root / f"log_{name.replace('%', 'pct')}"
         rows[name] = {}
         for algo, settings in ALGORITHMS.items():
@@ -128,6 +132,7 @@ def run_sweep(out_root: Path, overrides: list[str], episodes: int = SWEEP_EPISOD
             print(f"data_quality: {name} {algo}: true {rows[name][algo]['truth']['mean']:.1f} "
                   f"({time.perf_counter() - started:.0f} s so far)", file=sys.stderr, flush=True)
         print_sweep_table({"expert": expert, "rows": {name: rows[name]}, "episodes": episodes}, file=sys.stderr)
+    rows = {name: rows[name] for name in policies if name in rows}
     return {"expert": expert, "rows": rows, "episodes": episodes, "seconds": time.perf_counter() - started}
 
 
