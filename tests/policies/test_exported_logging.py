@@ -18,6 +18,7 @@ import torch
 from reagent_recsys.artifacts import package_versions
 from reagent_recsys.config import ConfigError, EnvConfig, LoggingConfig, validate_config
 from reagent_recsys.envs.base import make_env
+from reagent_recsys.evaluation.ground_truth import document_columns, logging_probabilities
 from reagent_recsys.export import METADATA_FILE, ExportedPolicy, metadata_dict, script_policy
 from reagent_recsys.mdp_writer import read_mdp
 from reagent_recsys.normalization import (
@@ -186,3 +187,18 @@ def test_a_bad_path_is_a_config_error_naming_the_field(export_run, tmp_path, mak
     with pytest.raises(ConfigError, match=field):
         offline_gym(config)
     assert not (tmp_path / "out" / "mdp").exists()  # nothing written
+
+
+def test_probabilities_on_logged_states_by_table_ids(export_run, tmp_path):
+    """The CPE self-check path (`logging_probabilities` with the table's ids, columns in another order) gives the
+    exported logger's logged propensities back."""
+    policy = {"type": "exported", "path": str(export_run / "export"), "exploration": "epsilon_greedy",
+              "epsilon": EPSILON}
+    table = log_with(tmp_path, policy)
+    env = make_env(EnvConfig(), 1, np.random.default_rng(0))
+    ids = [f.id for f in env.features][::-1]  # table columns in another order than the simulator's
+    state = np.array([[dict(r)[f] for f in ids] for r in table["state_features"].to_pylist()])
+    probs = logging_probabilities(build_policy(LoggingConfig(policy=policy).policy), state,
+                                  document_columns(ids, env.features, CANDIDATES), np.arange(CANDIDATES), ids)
+    actions = np.array([int(a) for a in table["action"].to_pylist()])
+    np.testing.assert_array_equal(probs[np.arange(len(actions)), actions], table["action_probability"].to_pylist())
