@@ -216,10 +216,12 @@ class ExportedLoggingPolicy(LoggingPolicy):
 
     def bind_state(self, feature_ids: Sequence[int]) -> None:
         index, present = feature_columns(self.policy.layout.feature_ids, feature_ids)
-        if not present.any():
-            raise ConfigError(f"{self.field}.path: none of the policy's features "
-                              f"{self.policy.layout.feature_names[:5]} is in the state (ids "
-                              f"{list(feature_ids)[:10]}): it was trained on other data")
+        if not present.all():  # served as absent they would silently differ from what it was trained on
+            missing = [n for n, p in zip(self.policy.layout.feature_names, present, strict=True) if not p]
+            raise ConfigError(f"{self.field}.path: the state has no feature {', '.join(missing[:5])}"
+                              f"{' ...' if len(missing) > 5 else ''} ({len(missing)} of the policy's "
+                              f"{len(present)} features; state ids {list(feature_ids)[:10]}): it was trained on "
+                              "other data")
         self._columns = (index, present)
 
     def action_slots(self, num_candidates: int) -> np.ndarray:

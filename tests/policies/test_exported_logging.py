@@ -189,6 +189,13 @@ def test_a_bad_path_is_a_config_error_naming_the_field(export_run, tmp_path, mak
     assert not (tmp_path / "out" / "mdp").exists()  # nothing written
 
 
+def test_a_policy_trained_on_other_features_is_a_config_error(export_run):
+    logger = build_policy(LoggingConfig(policy={"type": "exported", "path": str(export_run / "export")}).policy)
+    ids = [f.id for f in make_env(EnvConfig(), 1, np.random.default_rng(0)).features]
+    with pytest.raises(ConfigError, match=r"logging.policy.path: the state has no feature doc\[19\].clickbait"):
+        logger.bind_state(ids[:-1])
+
+
 def test_probabilities_on_logged_states_by_table_ids(export_run, tmp_path):
     """The CPE self-check path (`logging_probabilities` with the table's ids, columns in another order) gives the
     exported logger's logged propensities back."""
