@@ -136,9 +136,31 @@ def run_sweep(out_root: Path, overrides: list[str], episodes: int = SWEEP_EPISOD
     return {"expert": expert, "rows": rows, "episodes": episodes, "seconds": time.perf_counter() - started}
 
 
-def _value(estimate: dict[str, Any] | None) -> str:
+def _estimate(estimate: dict[str, Any] | None, truth: float) -> str:
+    """The estimate, marked '!' when the truth is outside its 95% interval."""
     value = None if estimate is None else estimate.get("value")
-    return f"{value:6.1f}" if isinstance(value, (int, float)) and value == value else f"{'n/a':>6s}"
+    if not isinstance(value, (int, float)) or value != value:
+        return f"{'n/a':>7s}"
+    lower, upper = estimate.get("lower"), estimate.get("upper")
+    outside = lower is None or upper is None or not lower <= truth <= upper
+    return f"{value:6.1f}{'!' if outside else ' '}"
+
+
+def targets(result: dict[str, Any]) -> list[str]:
+    """The issue's targets, each with its figures and met / NOT met."""
+    rows = result["rows"]
+    lines = []
+    for name, by_algo in rows.items():
+        if name.startswith("expert_"):
+            best_algo, best = max(((a, r["truth"]["mean"]) for a, r in by_algo.items()), key=lambda x: x[1])
+            lines.append(f"{name}: best {best_algo.upper()} {best:.1f} >= 200: {'met' if best >= 200 else 'NOT met'}")
+    expert_logger = rows.get("expert_100%", {}).get("dqn", {}).get("logging", {}).get("mean")
+    for name in ("expert_80%", "expert_100%"):
+        if name in rows and expert_logger is not None:
+            offline = max(rows[name][a]["truth"]["mean"] for a in ("cql", "bcq") if a in rows[name])
+            lines.append(f"{name}: max(CQL, BCQ) {offline:.1f} >= the expert logger's own value {expert_logger:.1f}: "
+                         f"{'met' if offline >= expert_logger else 'NOT met'}")
+    return lines
 
 
 def print_sweep_table(result: dict[str, Any], file: Any = None) -> None:
@@ -147,11 +169,14 @@ def print_sweep_table(result: dict[str, Any], file: Any = None) -> None:
     expert = result["expert"]["truth"]
     print(f"data quality on sweet_bitter: {result['episodes']} logged episodes per row; expert = the sample "
           f"config's DQN ({expert['mean']:.1f} greedy) served epsilon-greedy (eps {EXPERT_EPSILON}); "
-          f"CQL alpha {ALGORITHMS['cql']['cql_alpha']:g}, BCQ threshold {ALGORITHMS['bcq']['bcq_threshold']:g}")
-    head = "".join(f" | {a.upper() + ' true':>8s} {'DR':>6s} {'WDR':>6s}" for a in ALGORITHMS)
+          f"CQL alpha {ALGORITHMS['cql']['cql_alpha']:g}, BCQ threshold {ALGORITHMS['bcq']['bcq_threshold']:g}; "
+          "true = simulator (2000 episodes), DR / WDR of the learned policy ('!': truth outside its 95% interval)")
+    head = "".join(f" | {a.upper() + ' true':>8s} {'DR':>7s} {'WDR':>7s}" for a in ALGORITHMS)
     print(f"{'logs':16s} {'logger':>7s}{head}")
     for name, by_algo in result["rows"].items():
         logger = next(iter(by_algo.values()))["logging"]["mean"]
-        cells = "".join(f" | {r['truth']['mean']:8.1f} {_value(r['DR'])} {_value(r['WDR'])}"
-                        for r in by_algo.values())
+        cells = "".join(f" | {r['truth']['mean']:8.1f} {_estimate(r['DR'], r['truth']['mean'])} "
+                        f"{_estimate(r['WDR'], r['truth']['mean'])}" for r in by_algo.values())
         print(f"{name:16s} {logger:7.1f}{cells}")
+    for line in targets(result):
+        print(f"  target {line}")
