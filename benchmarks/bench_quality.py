@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/bench_quality.py [--configs sweet_bitter sweet_bitter_latent sweet_bitter_bandit]
         [--out outputs/bench_quality] [--set key=value ...]
+    .venv/bin/python benchmarks/bench_quality.py --sweep data_quality [--sweep-episodes N] [--sweep-logs ...]
+        # the data-quality experiment instead (benchmarks/data_quality.py)
 
 Each config runs `workflow.end_to_end` into `<out>/<config>` (stages already up to date are skipped, so a second
 call only re-tabulates). From `evaluation/report.json`: the learned policy's true return (simulator, 95%
@@ -150,7 +152,17 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), help="sample_configs/<name>.yaml to run")
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_quality", help="output root")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="dotted.key=value override")
+    parser.add_argument("--sweep", choices=["data_quality"], help="run this sweep instead of the configs")
+    parser.add_argument("--sweep-episodes", type=int, default=None, help="data_quality: logged episodes per log")
+    parser.add_argument("--sweep-logs", nargs="+", default=None, help="data_quality: only these logs")
     args = parser.parse_args()
+    if args.sweep == "data_quality":
+        from benchmarks.data_quality import SWEEP_EPISODES, print_sweep_table, run_sweep
+
+        result = run_sweep(args.out, args.overrides, args.sweep_episodes or SWEEP_EPISODES, args.sweep_logs)
+        print_sweep_table(result)
+        print(f"total {result['seconds']:.0f} s")
+        return
     rows = []
     for name in args.configs:
         rows.append(run(name, args.out, args.overrides))

@@ -172,6 +172,23 @@ class EpsilonGreedyPolicyConfig(StrictModel):
     expert: GreedyPolicyConfig = Field(default_factory=GreedyPolicyConfig, description="The greedy expert.")
 
 
+class ExportedPolicyConfig(StrictModel):
+    """An exported TorchScript policy (workflow.export's policy.pt) served greedy, softmax or epsilon-greedy."""
+
+    type: Literal["exported"] = Field("exported", description="Policy kind.")
+    path: str = Field(
+        description="The exported policy: a policy.pt file or an export directory holding one (its metadata, "
+        "embedded by workflow.export, gives the feature ids and action names; the simulator's state is mapped to "
+        "them by id, absent features served as absent)."
+    )
+    exploration: Literal["greedy", "softmax", "epsilon_greedy"] = Field(
+        "greedy", description="How it is served, as workflow.serve does: greedy (propensity 1), softmax(Q / "
+        "temperature), or a uniform candidate with probability epsilon, else the greedy one."
+    )
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature (exploration: softmax).")
+    epsilon: float = Field(0.1, ge=0, le=1, description="Exploration probability (exploration: epsilon_greedy).")
+
+
 class MixtureComponent(StrictModel):
     weight: float = Field(gt=0, le=1, description="Probability that an episode uses this policy.")
     policy: PolicyConfig = Field(description="The policy for those episodes.")
@@ -197,6 +214,7 @@ PolicyConfig = Annotated[
         GreedyPolicyConfig,
         SoftmaxPolicyConfig,
         EpsilonGreedyPolicyConfig,
+        ExportedPolicyConfig,
         MixturePolicyConfig,
     ],
     Field(discriminator="type"),

@@ -49,6 +49,21 @@ def _timeline_inputs(config: PipelineConfig) -> list[str]:
     return [config.timeline.input_path] if config.timeline.input_path else []
 
 
+def _logging_inputs(config: PipelineConfig) -> list[str]:
+    """The exported policies the logging policy serves (a retrained expert must regenerate the logs)."""
+    found: list[str] = []
+
+    def walk(policy: Any) -> None:
+        if getattr(policy, "type", None) == "exported":
+            found.append(policy.path)
+        for component in getattr(policy, "components", None) or []:
+            walk(component.policy)
+
+    if config.logging is not None:
+        walk(config.logging.policy)
+    return found
+
+
 def _import_inputs(config: PipelineConfig) -> list[str]:
     logs = config.import_
     return [logs.path, *([logs.items.path] if logs.items is not None else [])] if logs is not None else []
@@ -56,7 +71,8 @@ def _import_inputs(config: PipelineConfig) -> list[str]:
 
 STAGES: tuple[Stage, ...] = (
     Stage("workflow.offline_gym", RunPaths.MDP, ("env", "logging"),
-          applies=lambda config: config.env is not None and config.import_ is None),
+          applies=lambda config: config.env is not None and config.import_ is None,
+          external_inputs=_logging_inputs),
     Stage("workflow.import_logs", RunPaths.MDP, ("import",), applies=lambda config: config.import_ is not None,
           external_inputs=_import_inputs),
     Stage("workflow.timeline_operator", RunPaths.TIMELINE, ("timeline",), external_inputs=_timeline_inputs),

@@ -56,7 +56,7 @@ def run_batch(env: Any, policy: LoggingPolicy, rng: np.random.Generator, first_e
         for name in ("click", "engagement", "satisfaction"):
             log[name].append(np.asarray(getattr(step.result, name), dtype=np.float64))
 
-    steps = run_episodes(env, state, lambda _, docs: policy.act(docs, rng), record)  # (B, S) slates, (B,) mu
+    steps = run_episodes(env, state, lambda state, docs: policy.act(docs, rng, state), record)  # slates, mu
     metrics = {name: np.stack(log[name]) for name in ("click", "engagement", "satisfaction")}
     component = policy.episode_metrics().get("policy_component", np.zeros(users))
     metrics["policy_component"] = np.broadcast_to(np.asarray(component, dtype=np.float64), (steps, users))
@@ -107,6 +107,7 @@ def offline_gym(config: PipelineConfig) -> dict[str, Any]:
     env, state, policy_rng = _start_batch(config, 0, batch_rngs[0])
     policy = build_policy(log_cfg.policy, slate_size=slate_size_of(env))
     policy.check_features(env.doc_features)
+    policy.bind_state([f.id for f in env.features])  # the state columns are the mdp table's state_features
     feature_ids = np.array([f.id for f in env.features], dtype=np.int64)
     width = episode_id_width(log_cfg.num_episodes)
 

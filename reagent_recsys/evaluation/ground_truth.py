@@ -32,6 +32,9 @@ from reagent_recsys.policies.logging import (
     build_policy,
     sample_categorical,
 )
+from reagent_recsys.policies.state import action_slots as action_slots  # re-exported: one definition
+from reagent_recsys.policies.state import feature_columns as feature_columns
+from reagent_recsys.policies.state import map_state as map_state
 
 DocFeatures = Mapping[str, np.ndarray]  # name -> (B, N)
 Z95 = 1.959963984540054
@@ -62,39 +65,8 @@ class LoggingActor(Actor):
         self.policy.begin_episodes(num_users, rng)
 
     def act(self, state: np.ndarray, doc_features: DocFeatures, rng: np.random.Generator) -> np.ndarray:
-        slates, _ = self.policy.act(doc_features, rng)  # (B, S)
+        slates, _ = self.policy.act(doc_features, rng, state)  # (B, S)
         return slates[:, 0]
-
-
-def feature_columns(policy_ids: Sequence[int], env_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """For each policy feature id: its column in the env state (index, 0 when absent) and whether present."""
-    where = {int(f): i for i, f in enumerate(env_ids)}
-    index = np.array([where.get(int(f), 0) for f in policy_ids], dtype=np.int64)  # (Fp,)
-    present = np.array([int(f) in where for f in policy_ids], dtype=bool)  # (Fp,)
-    return index, present
-
-
-def map_state(state: np.ndarray, index: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Env state (B, Fe) -> policy state (B, Fp) and presence (B, Fp): columns picked by id, 0 where absent."""
-    mapped = np.where(present[None, :], state[:, index], 0.0).astype(np.float32)  # (B, Fp)
-    presence = np.broadcast_to(present[None, :], mapped.shape).astype(np.float32)  # (B, Fp)
-    return mapped, presence
-
-
-def action_slots(action_names: Sequence[str], num_candidates: int) -> np.ndarray:
-    """(A,) candidate slot of each policy action (-1 when the name is not a slot of this simulator)."""
-    slots = []
-    for name in action_names:
-        try:
-            slot = int(name)
-        except ValueError:
-            slot = -1
-        slots.append(slot if 0 <= slot < num_candidates else -1)
-    slots_arr = np.array(slots, dtype=np.int64)
-    if (slots_arr < 0).all():
-        raise ValueError(f"none of the policy's action names {list(action_names)[:10]} is a candidate slot "
-                         f"in [0, {num_candidates})")
-    return slots_arr
 
 
 class SimulatedHistory:
@@ -261,11 +233,13 @@ class GroundTruth:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
 
 
-def baseline_actors(config: PipelineConfig, doc_feature_names: Sequence[str], slate_size: int = 1
-                    ) -> dict[str, Actor]:
-    """The logging policy of `config`, random, and (when the env has `clickbait`) always-sweetest/bitterest."""
+def baseline_actors(config: PipelineConfig, doc_feature_names: Sequence[str], slate_size: int = 1,
+                    state_ids: Sequence[int] = ()) -> dict[str, Actor]:
+    """The logging policy of `config`, random, and (when the env has `clickbait`) always-sweetest/bitterest;
+    `state_ids` are the env state's feature ids (needed by a logging policy that reads the state)."""
     logging_policy = build_policy(config.logging.policy, slate_size=slate_size)
     logging_policy.check_features(doc_feature_names)
+    logging_policy.bind_state(state_ids)
     actors: dict[str, Actor] = {"logging": LoggingActor(logging_policy),
                                 "random": LoggingActor(RandomPolicy(slate_size))}
     if "clickbait" in doc_feature_names:
@@ -298,12 +272,15 @@ def document_columns(feature_ids: Sequence[int], env_features: Sequence[FeatureS
 
 
 def logging_probabilities(policy: LoggingPolicy, state: np.ndarray, doc_columns: Mapping[str, np.ndarray],
-                          slots: np.ndarray) -> np.ndarray | None:
-    """(N, A) probabilities the logging policy gives each action on logged states; None if history-dependent."""
+                          slots: np.ndarray, state_ids: Sequence[int] | None = None) -> np.ndarray | None:
+    """(N, A) probabilities the logging policy gives each action on logged states (columns `state_ids`, needed by
+    a policy that reads the state); None if history-dependent."""
     if isinstance(policy, MixturePolicy):
         return None
+    if state_ids is not None:
+        policy.bind_state(state_ids)
     docs = {name: state[:, cols].astype(np.float64) for name, cols in doc_columns.items()}  # (N, C) each
-    probs = policy.probabilities(docs)  # (N, C) over candidate slots
+    probs = policy.probabilities(docs, state)  # (N, C) over candidate slots
     return np.where(slots[None, :] >= 0, probs[:, np.maximum(slots, 0)], 0.0)  # (N, A)
 
 

@@ -45,7 +45,8 @@ def logging_self_check(config: PipelineConfig, evaluation: Split, table_ids: Seq
     doc_columns = document_columns(table_ids, env_features, num_candidates)
     policy = build_policy(config.logging.policy)
     slots = action_slots(action_names, num_candidates)
-    probs = None if doc_columns is None else logging_probabilities(policy, evaluation["state"], doc_columns, slots)
+    probs = None if doc_columns is None else logging_probabilities(policy, evaluation["state"], doc_columns, slots,
+                                                                    table_ids)
     if probs is None:
         return {"available": False, "why": "the logging policy is history-dependent or the documents are not logged"}
     estimates = sequential_estimates(config.evaluation, config.seed, evaluation, probs, None)
@@ -69,7 +70,7 @@ def simulated_truth(config: PipelineConfig, candidates: dict[str, Scripted], eva
         policy_ids = [int(f) for f in metadata.get("feature_ids", table_ids)]
         actors[name] = ServedPolicyActor(policy, policy_ids, action_names, env_features, num_candidates,
                                          bool(metadata.get("greedy", True)), metadata.get("history"))
-    baselines = baseline_actors(config, list(probe.doc_features), slate_size_of(probe))
+    baselines = baseline_actors(config, list(probe.doc_features), slate_size_of(probe), [f.id for f in env_features])
     truth = []
     for name, actor in {**actors, **baselines}.items():
         with progress.step(f"simulating {name}: {cfg.ground_truth_episodes} episodes"):

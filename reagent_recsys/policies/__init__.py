@@ -2,6 +2,7 @@
 
 from reagent_recsys.policies.logging import (
     EpsilonGreedyPolicy,
+    ExportedLoggingPolicy,
     GreedyPolicy,
     LoggingPolicy,
     MixturePolicy,
@@ -13,6 +14,7 @@ from reagent_recsys.policies.logging import (
 
 __all__ = [
     "EpsilonGreedyPolicy",
+    "ExportedLoggingPolicy",
     "GreedyPolicy",
     "LoggingPolicy",
     "MixturePolicy",

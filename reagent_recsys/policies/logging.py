@@ -7,23 +7,31 @@ logged action, the first slate item (the user only looks at the first item; the 
 
 History-dependent policies (the per-episode mixture) carry state per user: call ``begin_episodes`` at the start
 of every batch of episodes, then ``act`` once per step.
+
+Policies that read the whole state (the ``exported`` TorchScript policy) also take the (B, F) ``state`` whose
+column ids were given once by ``bind_state`` (the simulator's feature ids, i.e. the mdp table's state_features).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
 from reagent_recsys.config import (
     ConfigError,
     EpsilonGreedyPolicyConfig,
+    ExportedPolicyConfig,
     GreedyPolicyConfig,
     MixturePolicyConfig,
     PolicyConfig,
     RandomPolicyConfig,
     SoftmaxPolicyConfig,
 )
+from reagent_recsys.policies.state import action_slots, feature_columns, map_state
+from reagent_recsys.serving.exploration import action_probabilities
+from reagent_recsys.serving.exploration import sample as sample_served
 
 DocFeatures = Mapping[str, np.ndarray]  # name -> (B, N)
 
@@ -55,11 +63,16 @@ class LoggingPolicy:
                     f"{field}: the env has no document feature {name!r} (available: {', '.join(available) or 'none'})"
                 )
 
+    def bind_state(self, feature_ids: Sequence[int]) -> None:
+        """The feature id of each column of the `state` later passed to `probabilities` / `act` (policies that
+        read document features only ignore it)."""
+
     def begin_episodes(self, num_users: int, rng: np.random.Generator) -> None:
         """Start a new episode for each of `num_users` users (stateless policies ignore this)."""
 
-    def probabilities(self, doc_features: DocFeatures) -> np.ndarray:
-        """(B, N) probability of each candidate as the first slate item, given the history so far."""
+    def probabilities(self, doc_features: DocFeatures, state: np.ndarray | None = None) -> np.ndarray:
+        """(B, N) probability of each candidate as the first slate item, given the history so far (and the (B, F)
+        `state`, for the policies that read it)."""
         raise NotImplementedError
 
     def sample(self, doc_features: DocFeatures, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -73,9 +86,10 @@ class LoggingPolicy:
         """Per-user diagnostics fixed for the episode (e.g. the drawn mixture component), each (B,)."""
         return {}
 
-    def act(self, doc_features: DocFeatures, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def act(self, doc_features: DocFeatures, rng: np.random.Generator,
+            state: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Slates (B, S) int64 and the propensity (B,) float64 of the first item."""
-        probs = self.probabilities(doc_features)  # (B, N)
+        probs = self.probabilities(doc_features, state)  # (B, N)
         actions = self.sample(doc_features, probs, rng)  # (B,)
         propensity = probs[np.arange(len(actions)), actions].astype(np.float64)  # (B,)
         self.observe(doc_features, actions)
@@ -92,7 +106,7 @@ def _num_candidates(doc_features: DocFeatures) -> tuple[int, int]:
 class RandomPolicy(LoggingPolicy):
     """Uniform over the N candidates: propensity 1/N."""
 
-    def probabilities(self, doc_features: DocFeatures) -> np.ndarray:
+    def probabilities(self, doc_features: DocFeatures, state: np.ndarray | None = None) -> np.ndarray:
         b, n = _num_candidates(doc_features)
         return np.full((b, n), 1.0 / n)
 
@@ -121,7 +135,7 @@ class GreedyPolicy(_ScorePolicy):
     def greedy_actions(self, doc_features: DocFeatures) -> np.ndarray:
         return self.scores(doc_features).argmax(axis=1)  # (B,)
 
-    def probabilities(self, doc_features: DocFeatures) -> np.ndarray:
+    def probabilities(self, doc_features: DocFeatures, state: np.ndarray | None = None) -> np.ndarray:
         b, n = _num_candidates(doc_features)
         probs = np.zeros((b, n))
         probs[np.arange(b), self.greedy_actions(doc_features)] = 1.0
@@ -139,7 +153,7 @@ class SoftmaxPolicy(_ScorePolicy):
         super().__init__(feature, direction, slate_size, field)
         self.temperature = temperature
 
-    def probabilities(self, doc_features: DocFeatures) -> np.ndarray:
+    def probabilities(self, doc_features: DocFeatures, state: np.ndarray | None = None) -> np.ndarray:
         logits = self.scores(doc_features) / self.temperature  # (B, N)
         logits -= logits.max(axis=1, keepdims=True)
         weights = np.exp(logits)
@@ -158,7 +172,7 @@ class EpsilonGreedyPolicy(LoggingPolicy):
     def required_features(self) -> dict[str, str]:
         return self.expert.required_features()
 
-    def probabilities(self, doc_features: DocFeatures) -> np.ndarray:
+    def probabilities(self, doc_features: DocFeatures, state: np.ndarray | None = None) -> np.ndarray:
         b, n = _num_candidates(doc_features)
         probs = np.full((b, n), self.epsilon / n)
         probs[np.arange(b), self.expert.greedy_actions(doc_features)] += 1.0 - self.epsilon
@@ -169,6 +183,71 @@ class EpsilonGreedyPolicy(LoggingPolicy):
         explore = rng.random(b) < self.epsilon
         uniform = rng.integers(0, n, size=b, dtype=np.int64)
         return np.where(explore, uniform, self.expert.greedy_actions(doc_features))
+
+
+class ExportedLoggingPolicy(LoggingPolicy):
+    """An exported TorchScript policy (workflow.export's policy.pt) served as `workflow.serve` serves it.
+
+    It is loaded by the server's loader (`serving.policy.LoadedPolicy`), sees the simulator's state mapped to its
+    feature ids (`policies.state.map_state`), and its probabilities are the server's
+    (`serving.exploration.action_probabilities`: greedy, softmax(Q / temperature) or epsilon-greedy over the
+    candidate slots), so the logged propensity is exactly the probability the server would give the action.
+    """
+
+    def __init__(self, path: str, exploration: str = "greedy", temperature: float = 1.0, epsilon: float = 0.1,
+                 slate_size: int = 1, field: str = "logging.policy") -> None:
+        super().__init__(slate_size, field)
+        from reagent_recsys.serving.policy import LoadedPolicy  # torch: only when a run logs with one
+
+        file = Path(path)
+        if file.is_dir():
+            file = file / "policy.pt"
+        if not file.is_file():
+            raise ConfigError(f"{field}.path: no exported policy at {str(file)!r} (a policy.pt file or an export "
+                              "directory holding one, as workflow.export writes)")
+        try:
+            self.policy = LoadedPolicy(file)
+        except Exception as exc:  # torch.jit.load's errors vary by version; all mean "not an exported policy"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"{field}.path: {str(file)!r} is not an exported policy ({first})") from exc
+        self.exploration, self.temperature, self.epsilon = exploration, temperature, epsilon
+        self._columns: tuple[np.ndarray, np.ndarray] | None = None  # policy feature -> state column, present
+        self._slots: dict[int, np.ndarray] = {}  # num candidates -> (A,) slot of each action (-1: none)
+
+    def bind_state(self, feature_ids: Sequence[int]) -> None:
+        index, present = feature_columns(self.policy.layout.feature_ids, feature_ids)
+        if not present.all():  # served as absent they would silently differ from what it was trained on
+            missing = [n for n, p in zip(self.policy.layout.feature_names, present, strict=True) if not p]
+            raise ConfigError(f"{self.field}.path: the state has no feature {', '.join(missing[:5])}"
+                              f"{' ...' if len(missing) > 5 else ''} ({len(missing)} of the policy's "
+                              f"{len(present)} features; state ids {list(feature_ids)[:10]}): it was trained on "
+                              "other data")
+        self._columns = (index, present)
+
+    def action_slots(self, num_candidates: int) -> np.ndarray:
+        """(A,) candidate slot of each of the policy's actions (-1: not a slot here)."""
+        if num_candidates not in self._slots:
+            try:
+                self._slots[num_candidates] = action_slots(self.policy.layout.action_names, num_candidates)
+            except ValueError as exc:
+                raise ConfigError(f"{self.field}.path: {exc}") from exc
+        return self._slots[num_candidates]
+
+    def probabilities(self, doc_features: DocFeatures, state: np.ndarray | None = None) -> np.ndarray:
+        if state is None or self._columns is None:
+            raise RuntimeError("ExportedLoggingPolicy: call bind_state, then pass the state to act / probabilities")
+        b, n = _num_candidates(doc_features)
+        slots = self.action_slots(n)  # (A,)
+        values, presence = map_state(np.asarray(state), *self._columns)  # (B, F) float32 each
+        mask = np.broadcast_to(slots >= 0, (b, len(slots))).copy()  # (B, A)
+        q, greedy = self.policy.forward(values, presence, mask)
+        by_action = action_probabilities(q, mask, greedy, self.exploration, self.temperature, self.epsilon)
+        probs = np.zeros((b, n))
+        probs[:, slots[slots >= 0]] = by_action[:, slots >= 0]
+        return probs
+
+    def sample(self, doc_features: DocFeatures, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return sample_served(probs, rng)[0]  # the server's draw
 
 
 class MixturePolicy(LoggingPolicy):
@@ -201,6 +280,10 @@ class MixturePolicy(LoggingPolicy):
             needed.update(c.required_features())
         return needed
 
+    def bind_state(self, feature_ids: Sequence[int]) -> None:
+        for c in self.components:
+            c.bind_state(feature_ids)
+
     def begin_episodes(self, num_users: int, rng: np.random.Generator) -> None:
         self._component = rng.choice(len(self.components), size=num_users, p=self.weights).astype(np.int64)
         self._log_post = np.repeat(np.log(self.weights)[:, None], num_users, axis=1)  # (K, B)
@@ -214,8 +297,8 @@ class MixturePolicy(LoggingPolicy):
         post = np.exp(shifted)
         return post / post.sum(axis=0, keepdims=True)
 
-    def probabilities(self, doc_features: DocFeatures) -> np.ndarray:
-        self._component_probs = np.stack([c.probabilities(doc_features) for c in self.components])  # (K, B, N)
+    def probabilities(self, doc_features: DocFeatures, state: np.ndarray | None = None) -> np.ndarray:
+        self._component_probs = np.stack([c.probabilities(doc_features, state) for c in self.components])  # (K, B, N)
         return np.einsum("kb,kbn->bn", self._posterior(), self._component_probs)  # (B, N)
 
     def sample(self, doc_features: DocFeatures, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -247,6 +330,8 @@ def build_policy(cfg: PolicyConfig, slate_size: int = 1, field: str = "logging.p
     if isinstance(cfg, EpsilonGreedyPolicyConfig):
         expert = GreedyPolicy(cfg.expert.feature, cfg.expert.direction, slate_size, f"{field}.expert")
         return EpsilonGreedyPolicy(cfg.epsilon, expert, slate_size, field)
+    if isinstance(cfg, ExportedPolicyConfig):
+        return ExportedLoggingPolicy(cfg.path, cfg.exploration, cfg.temperature, cfg.epsilon, slate_size, field)
     if isinstance(cfg, MixturePolicyConfig):
         components = [
             build_policy(c.policy, slate_size, f"{field}.components[{i}].policy") for i, c in enumerate(cfg.components)

@@ -73,3 +73,17 @@ def test_changed_input_reruns_from_the_stage_that_reads_it(tmp_path):
                           "export", "evaluate"]
     assert "skipped: up to date" in rows["training_table"]
     assert "ran: config changed: training.epochs 1 -> 2" in rows["train"]
+
+
+def test_exported_logging_policies_are_inputs_of_offline_gym(tmp_path):
+    """A retrained expert (its policy.pt changed) must regenerate the logs it serves, also inside a mixture."""
+    from reagent_recsys.config import validate_config
+    from workflow.end_to_end import STAGES
+
+    expert = {"type": "exported", "path": str(tmp_path / "expert" / "export"), "exploration": "epsilon_greedy"}
+    config = validate_config({**TINY, "output_dir": str(tmp_path / "out"), "logging": {"policy": {
+        "type": "mixture", "components": [{"weight": 0.2, "policy": expert},
+                                          {"weight": 0.8, "policy": {"type": "random"}}]}}})
+    gym = next(s for s in STAGES if s.workflow == "workflow.offline_gym")
+    assert gym.external_inputs(config) == [str(tmp_path / "expert" / "export")]
+    assert gym.external_inputs(validate_config({**TINY, "output_dir": str(tmp_path / "out")})) == []
