@@ -21,9 +21,15 @@ from torch import nn
 class StackedMLP:
     """M MLPs (Linear/ReLU stacks of one shape) in one flat parameter buffer, viewed as contiguous (M, in, out)
     weights and (M, 1, out) biases (a strided batch would push `torch.bmm` off its fast path), with a
-    hand-written backward pass (no autograd: at these sizes its bookkeeping costs as much as the arithmetic)."""
+    hand-written backward pass (no autograd: at these sizes its bookkeeping costs as much as the arithmetic).
 
-    def __init__(self, members: Sequence[nn.Sequential]) -> None:
+    matmul_dtype: torch.bfloat16 runs the hidden layers' matrix products (forward and backward) in bfloat16
+    with float32 accumulation, ~2x faster on CPUs with AVX512-BF16; the weights, Adam and the one-output
+    last layer stay float32. The hidden activations are then stored in bfloat16 (relative rounding ~0.4%).
+    """
+
+    def __init__(self, members: Sequence[nn.Sequential], matmul_dtype: torch.dtype = torch.float32) -> None:
+        self.matmul_dtype = matmul_dtype
         linears = [[layer for layer in mlp if isinstance(layer, nn.Linear)] for mlp in members]
         self.shapes = [(layer.in_features, layer.out_features) for layer in linears[0]]
         pieces = [torch.stack([m[i].weight.detach().T for m in linears]) for i in range(len(self.shapes))]
@@ -51,12 +57,13 @@ class StackedMLP:
     def activations(self, x: torch.Tensor, flat: torch.Tensor | None = None) -> list[torch.Tensor]:
         """[x, relu(x W1 + b1), ..., output]: every layer's output, (M, B, width) each."""
         weights, biases = self.views(self.flat if flat is None else flat)
+        low = self.matmul_dtype
         outputs = [x]
         for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
             if w.shape[2] == 1:  # one output: a batched matrix-vector product is far slower than this
-                x = (x * w.transpose(1, 2)).sum(dim=2, keepdim=True).add_(b)
+                x = (x.float() * w.transpose(1, 2)).sum(dim=2, keepdim=True).add_(b)
             else:
-                x = torch.baddbmm(b, x, w)
+                x = torch.baddbmm(b.to(low), x.to(low), w.to(low))
             if i < len(weights) - 1:
                 x = torch.relu_(x)
             outputs.append(x)
@@ -65,19 +72,23 @@ class StackedMLP:
     def gradients(self, activations: list[torch.Tensor], d_output: torch.Tensor) -> torch.Tensor:
         """(M * P,) d loss / d `flat` by backpropagating d loss / d output (M, B, out) through `activations`."""
         weights, _ = self.views(self.flat)
+        low = self.matmul_dtype
         d_weights, d_biases = [], []
         delta = d_output  # (M, B, out) d loss / d layer output (pre-activation)
         for i in range(len(weights) - 1, -1, -1):
             inputs, w = activations[i], weights[i]  # (M, B, in), (M, in, out)
             if w.shape[2] == 1:
-                d_weights.append((inputs * delta).sum(dim=1))
+                d_weights.append((inputs.float() * delta).sum(dim=1))
+                through = delta * w.transpose(1, 2)
             else:
-                d_weights.append(torch.bmm(inputs.transpose(1, 2), delta))  # (M, in, out)
-            d_biases.append(delta.sum(dim=1))  # (M, out)
-            if i > 0:  # through the layer, then its input's ReLU (inputs > 0 where the ReLU passed)
-                through = delta * w.transpose(1, 2) if w.shape[2] == 1 else torch.bmm(delta, w.transpose(1, 2))
-                delta = torch.ops.aten.threshold_backward(through, inputs, 0)  # a bool mask multiply is 10x slower
-        return torch.cat([g.reshape(-1) for g in [*d_weights[::-1], *d_biases[::-1]]])
+                delta = delta.to(low)
+                d_weights.append(torch.bmm(inputs.to(low).transpose(1, 2), delta))  # (M, in, out)
+                through = torch.bmm(delta, w.to(low).transpose(1, 2)) if i > 0 else None
+            d_biases.append(delta.sum(dim=1, dtype=torch.float32))  # (M, out)
+            if i > 0:  # through the layer, then its input's ReLU (inputs > 0 where the ReLU passed); a bool
+                # mask multiply is 10x slower than threshold_backward
+                delta = torch.ops.aten.threshold_backward(through, inputs.to(through.dtype), 0)
+        return torch.cat([g.reshape(-1).float() for g in [*d_weights[::-1], *d_biases[::-1]]])
 
     def frozen(self) -> torch.Tensor:
         """A copy of the weights (FQE's target network)."""
