@@ -23,9 +23,10 @@ class StackedMLP:
     weights and (M, 1, out) biases (a strided batch would push `torch.bmm` off its fast path), with a
     hand-written backward pass (no autograd: at these sizes its bookkeeping costs as much as the arithmetic).
 
-    matmul_dtype: torch.bfloat16 runs the hidden layers' matrix products (forward and backward) in bfloat16
-    with float32 accumulation, ~2x faster on CPUs with AVX512-BF16; the weights, Adam and the one-output
-    last layer stay float32. The hidden activations are then stored in bfloat16 (relative rounding ~0.4%).
+    matmul_dtype: torch.bfloat16 runs the matrix products of every layer but the last (forward and backward)
+    in bfloat16 with float32 accumulation, ~2x faster on CPUs with AVX512-BF16; the weights, Adam and the
+    output layer stay float32 (so Q keeps float32 precision). The hidden activations are then stored in
+    bfloat16 (relative rounding ~0.4%).
     """
 
     def __init__(self, members: Sequence[nn.Sequential], matmul_dtype: torch.dtype = torch.float32) -> None:
@@ -57,33 +58,36 @@ class StackedMLP:
     def activations(self, x: torch.Tensor, flat: torch.Tensor | None = None) -> list[torch.Tensor]:
         """[x, relu(x W1 + b1), ..., output]: every layer's output, (M, B, width) each."""
         weights, biases = self.views(self.flat if flat is None else flat)
-        low = self.matmul_dtype
         outputs = [x]
         for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+            dtype = self._dtype(i)
             if w.shape[2] == 1:  # one output: a batched matrix-vector product is far slower than this
-                x = (x.float() * w.transpose(1, 2)).sum(dim=2, keepdim=True).add_(b)
+                x = (x.to(dtype) * w.transpose(1, 2)).sum(dim=2, keepdim=True).add_(b)
             else:
-                x = torch.baddbmm(b.to(low), x.to(low), w.to(low))
+                x = torch.baddbmm(b.to(dtype), x.to(dtype), w.to(dtype))
             if i < len(weights) - 1:
                 x = torch.relu_(x)
             outputs.append(x)
         return outputs
 
+    def _dtype(self, layer: int) -> torch.dtype:
+        """The dtype layer `layer`'s products run in: `matmul_dtype`, float32 for the output layer."""
+        return torch.float32 if layer == len(self.shapes) - 1 else self.matmul_dtype
+
     def gradients(self, activations: list[torch.Tensor], d_output: torch.Tensor) -> torch.Tensor:
         """(M * P,) d loss / d `flat` by backpropagating d loss / d output (M, B, out) through `activations`."""
         weights, _ = self.views(self.flat)
-        low = self.matmul_dtype
         d_weights, d_biases = [], []
         delta = d_output  # (M, B, out) d loss / d layer output (pre-activation)
         for i in range(len(weights) - 1, -1, -1):
-            inputs, w = activations[i], weights[i]  # (M, B, in), (M, in, out)
+            inputs, w, dtype = activations[i], weights[i], self._dtype(i)  # (M, B, in), (M, in, out)
+            delta, inputs = delta.to(dtype), inputs.to(dtype)
             if w.shape[2] == 1:
-                d_weights.append((inputs.float() * delta).sum(dim=1))
+                d_weights.append((inputs * delta).sum(dim=1))
                 through = delta * w.transpose(1, 2)
             else:
-                delta = delta.to(low)
-                d_weights.append(torch.bmm(inputs.to(low).transpose(1, 2), delta))  # (M, in, out)
-                through = torch.bmm(delta, w.to(low).transpose(1, 2)) if i > 0 else None
+                d_weights.append(torch.bmm(inputs.transpose(1, 2), delta))  # (M, in, out)
+                through = torch.bmm(delta, w.to(dtype).transpose(1, 2)) if i > 0 else None
             d_biases.append(delta.sum(dim=1, dtype=torch.float32))  # (M, out)
             if i > 0:  # through the layer, then its input's ReLU (inputs > 0 where the ReLU passed); a bool
                 # mask multiply is 10x slower than threshold_backward
