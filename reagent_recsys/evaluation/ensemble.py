@@ -37,8 +37,8 @@ class StackedMLP:
         pieces += [torch.stack([m[i].bias.detach() for m in linears]) for i in range(len(self.shapes))]
         self.members = len(members)
         self.flat = torch.cat([p.reshape(-1) for p in pieces])  # (M * P,) parameter by parameter
-        # member of each flat entry (M * P,): per-member Adam step sizes and masks
-        self.member_index = torch.cat([torch.arange(self.members).repeat_interleave(p[0].numel()) for p in pieces])
+        # `flat` as one contiguous chunk per (parameter, member), member m's being chunks m, m + M, m + 2M, ...
+        self.chunk_sizes = [p[0].numel() for p in pieces for _ in range(self.members)]
 
     def views(self, flat: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """(M * P,) -> per layer (M, in, out) weights and (M, 1, out) biases (contiguous views of `flat`)."""
@@ -112,38 +112,34 @@ class StackedMLP:
 class StackedAdam:
     """Adam (torch.optim.Adam's update, defaults betas (0.9, 0.999), eps 1e-8) on a `StackedMLP`'s flat
     parameters with a step count per member; `step(grads, active)` updates only the active members (the others
-    keep weights and moments)."""
+    keep weights and moments).
+
+    One call of the fused kernel behind ``torch.optim.Adam(fused=True)`` per step, over the (parameter, member)
+    chunks of the flat buffers, each chunk with its member's step count (4x faster than eight elementwise ops
+    over the buffers; ``torch.optim.Adam`` itself over the chunks costs more in Python than it saves).
+    """
 
     def __init__(self, mlp: StackedMLP, lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> None:
-        self.params, self.member_index, self.lr, self.betas, self.eps = mlp.flat, mlp.member_index, lr, betas, eps
+        self.lr, self.betas, self.eps, self.members = lr, betas, eps, mlp.members
+        self.sizes = mlp.chunk_sizes
         self.exp_avg, self.exp_avg_sq = torch.zeros_like(mlp.flat), torch.zeros_like(mlp.flat)
-        self.steps = torch.zeros(mlp.members, dtype=torch.float64)  # (M,)
+        self.chunks = [t.split(self.sizes) for t in (mlp.flat, self.exp_avg, self.exp_avg_sq)]
+        self.steps = [torch.zeros(()) for _ in range(mlp.members)]  # member m's step count (float32, as fused)
 
     @torch.no_grad()
     def step(self, grads: torch.Tensor, active: torch.Tensor | None = None) -> None:
         """One update with `grads` (M * P,); `active` (M,) bool, None: every member."""
-        beta1, beta2 = self.betas
-        self.steps += 1 if active is None else active.double()
-        steps = self.steps.clamp(min=1)
-        if bool((steps == steps[0]).all()):  # members in step: scalar bias corrections
-            step_size = self.lr / (1 - beta1 ** float(steps[0]))
-            bias_correction2_sqrt = math.sqrt(1 - beta2 ** float(steps[0]))
-        else:  # (M * P,) each entry its member's
-            step_size = (self.lr / (1 - beta1 ** steps)).float()[self.member_index]
-            bias_correction2_sqrt = (1 - beta2 ** steps).sqrt().float()[self.member_index]
-        p, m1, m2 = self.params, self.exp_avg, self.exp_avg_sq
-        if active is None:
-            m1.lerp_(grads, 1 - beta1)
-            m2.mul_(beta2).addcmul_(grads, grads, value=1 - beta2)
-            p.sub_(m1 / (m2.sqrt() / bias_correction2_sqrt).add_(self.eps) * step_size)
-            return
-        keep = active[self.member_index]  # (M * P,)
-        new_m1 = torch.lerp(m1, grads, 1 - beta1)
-        new_m2 = (m2 * beta2).addcmul_(grads, grads, value=1 - beta2)
-        p.sub_(new_m1 / (new_m2.sqrt() / bias_correction2_sqrt).add_(self.eps) * (step_size * keep))
-        m1.copy_(torch.where(keep, new_m1, m1))
-        m2.copy_(torch.where(keep, new_m2, m2))
+        members = range(self.members) if active is None else active.nonzero()[:, 0].tolist()
+        for m in members:
+            self.steps[m] += 1
+        chosen = set(members)
+        keep = [k for k in range(len(self.sizes)) if k % self.members in chosen]
+        params, exp_avg, exp_avg_sq = ([chunks[k] for k in keep] for chunks in self.chunks)
+        grad_chunks = grads.split(self.sizes)
+        torch._fused_adam_(params, [grad_chunks[k] for k in keep], exp_avg, exp_avg_sq, [],
+                           [self.steps[k % self.members] for k in keep], lr=self.lr, beta1=self.betas[0],
+                           beta2=self.betas[1], weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False)
 
 
 def epoch_schedule(row_sets: Sequence[torch.Tensor], generators: Sequence[torch.Generator], epochs: int,
