@@ -110,7 +110,7 @@ def run(name: str, out_root: Path, overrides: list[str], baselines: bool = True)
     stage_seconds = sum(entry["seconds"] for entry in ledger.values())  # as recorded when each stage last ran
     return {"config": name, "truth": truth, "learned": learned, "baselines": estimates, "ranks": ranks,
             "seconds": seconds, "stage_seconds": stage_seconds,
-            "skipped": [k for k, s in stages.items() if s.get("skipped")]}
+            "skipped": [s["workflow"] for s in stages["stages"] if s["status"] == "skipped"]}
 
 
 def _estimate_cell(est: dict[str, Any], truth: float) -> str:
