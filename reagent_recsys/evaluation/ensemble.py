@@ -65,10 +65,15 @@ class StackedMLP:
                 x = (x.to(dtype) * w.transpose(1, 2)).sum(dim=2, keepdim=True).add_(b)
             else:
                 x = torch.baddbmm(b.to(dtype), x.to(dtype), w.to(dtype))
-            if i < len(weights) - 1:
-                x = torch.relu_(x)
+            if i < len(weights) - 1:  # kept in the dtype of the layer that reads it (cast once, exactly)
+                x = torch.relu_(x).to(self._dtype(i + 1))
             outputs.append(x)
         return outputs
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype the first layer multiplies its inputs in (inputs given in it are not cast)."""
+        return self._dtype(0)
 
     def _dtype(self, layer: int) -> torch.dtype:
         """The dtype layer `layer`'s products run in: `matmul_dtype`, float32 for the output layer."""

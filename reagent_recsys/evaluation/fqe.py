@@ -371,6 +371,8 @@ def _fit_ensemble(data: _Transitions, rows: list[np.ndarray], seeds: Sequence[in
     next_state = torch.from_numpy(data.next_state)
 
     mlp = StackedMLP([m.mlp for m in nets], precision)
+    # every member's standardized inputs, once, in the first layer's dtype: (M * N, I), member m's from m * N
+    standardized = ((inputs[None] - in_mean) / in_std).to(mlp.input_dtype).view(members * n, -1)
     optimizer = StackedAdam(mlp, learning_rate)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     row_tensors = [torch.from_numpy(r) for r in rows]
@@ -389,8 +391,8 @@ def _fit_ensemble(data: _Transitions, rows: list[np.ndarray], seeds: Sequence[in
             full = (weight == 1).all(dim=(1, 2)).tolist()  # (S,) every member has a whole batch
             everyone = active.all(dim=1).tolist()  # (S,)
             for step, batch in enumerate(index):  # (M, B) base rows
-                x = inputs.index_select(0, batch.view(-1)).view(members, batch_size, -1)  # (M, B, I)
-                activations = mlp.activations((x - in_mean) / in_std)
+                x = standardized.index_select(0, (batch + offsets).view(-1)).view(members, batch_size, -1)
+                activations = mlp.activations(x)  # (M, B, I) inputs first
                 out = activations[-1]  # (M, B, O)
                 taken = None if net.per_candidate else actions[batch][..., None]  # (M, B, 1)
                 q = out[..., 0] if taken is None else out.gather(2, taken)[..., 0]  # (M, B)
