@@ -162,6 +162,8 @@ def baseline_fqe_module():
 
 def print_fit_comparison(args) -> None:
     """Sequential (baseline and today's single-fit functions) vs the batched ensemble, side by side."""
+    import torch
+
     from reagent_recsys.evaluation import fqe
 
     data = sweet_bitter_like_logs(args.fit_episodes)
@@ -181,18 +183,23 @@ def print_fit_comparison(args) -> None:
             return fits, rewards
         return run
 
-    def ensemble():
-        fits = fqe.fit_fqe_ensemble(*arrays, 0.99, row_sets=row_sets, seeds=seeds, **fqe_kw)
-        rewards = fqe.fit_reward_model_ensemble(data["state"], data["action"], data["reward"], 20, row_sets=row_sets,
-                                                seeds=seeds, epochs=args.reward_epochs, **common)
-        return fits, rewards
+    def ensemble(precision):
+        def run():
+            fits = fqe.fit_fqe_ensemble(*arrays, 0.99, row_sets=row_sets, seeds=seeds, precision=precision, **fqe_kw)
+            rewards = fqe.fit_reward_model_ensemble(data["state"], data["action"], data["reward"], 20,
+                                                    row_sets=row_sets, seeds=seeds, epochs=args.reward_epochs,
+                                                    precision=precision, **common)
+            return fits, rewards
+        return run
 
     baseline = baseline_fqe_module()
     for module in (baseline, fqe):  # warm up torch (first-call costs) outside the timings
         if module is not None:
             module.fit_fqe(*(a[:600] for a in arrays), 0.99, **{**fqe_kw, "iterations": 1, "epochs": 1})
     methods = ([("sequential, before (" + BASELINE_COMMIT + ")", sequential(baseline))] if baseline else []) + [
-        ("sequential, fit_fqe today", sequential(fqe)), ("ensemble (all M at once)", ensemble)]
+        ("sequential, fit_fqe today", sequential(fqe)), ("ensemble (all M at once)", ensemble(torch.float32))]
+    if fqe.matmul_dtype("auto") == torch.bfloat16:  # the default where the CPU multiplies bfloat16 natively
+        methods.append(("ensemble, bfloat16 matmuls", ensemble(torch.bfloat16)))
     print(f"\nmodel fits: M = {args.fits} (main + {args.fits - 1} bootstrap refits from scratch), "
           f"{len(data['action']):,} train transitions ({args.fit_episodes:,} episodes x 10), 20 actions, "
           f"per-candidate [128, 128]; FQE {args.fit_iterations} iterations x {args.fit_epochs} epochs, "

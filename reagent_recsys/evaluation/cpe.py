@@ -8,6 +8,7 @@ transitions rebuilt from the train split). Model-based intervals include the mod
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,13 +16,12 @@ import numpy as np
 from reagent_recsys.config import EvaluationConfig
 from reagent_recsys.evaluation.bootstrap import BootstrapSpec, Estimate, combine_model_fits
 from reagent_recsys.evaluation.diagnostics import ModelError, Trust, WeightStats, judge, unsupported_share
-
-# One line to switch to the batched ensemble fitting (reagent_recsys.evaluation.fqe) when it lands.
 from reagent_recsys.evaluation.fits import FitPlan
 from reagent_recsys.evaluation.fqe import (
     FittedQ,
     fit_fqe_ensemble,
     fit_reward_model_ensemble,
+    matmul_dtype,
     next_step_index,
 )
 from reagent_recsys.evaluation.history import StateLayout
@@ -51,7 +51,8 @@ INTERVAL_METHOD = (
 
 @dataclass
 class ModelFits:
-    """The M fitted models (main first) and their predictions (N_eval, A) on the eval split's model state."""
+    """The M fitted models (main first) and their predictions (N_eval, A) on the eval split's model state:
+    on the pairs the estimators read (the logged action and every action a target puts mass on), 0 elsewhere."""
 
     models: list[FittedQ]
     predictions: list[np.ndarray]
@@ -77,7 +78,8 @@ class PolicyCPE:
 
 def _settings(cfg: EvaluationConfig, network: StateLayout | None) -> dict:
     return {"hidden_sizes": tuple(cfg.fqe_hidden_sizes), "learning_rate": cfg.fqe_learning_rate,
-            "batch_size": cfg.fqe_batch_size, "layout": network}
+            "batch_size": cfg.fqe_batch_size, "layout": network,
+            "precision": matmul_dtype(cfg.fqe_matmul_precision)}
 
 
 def _plan(cfg: EvaluationConfig, seed: int) -> FitPlan:
@@ -85,9 +87,22 @@ def _plan(cfg: EvaluationConfig, seed: int) -> FitPlan:
 
 
 # ------------------------------------------------------------------------------------------- models
+def needed_pairs(evaluation: Split, targets: Sequence[np.ndarray]) -> np.ndarray:
+    """(N_eval, A) bool: the (row, action) pairs whose model prediction an estimator reads: the logged action
+    and every action one of the `targets` (pi(.|s) on the eval rows) puts mass on."""
+    needed = np.zeros(evaluation["possible_actions_mask"].shape, dtype=bool)
+    needed[np.arange(len(needed)), evaluation["action"]] = True
+    for target in targets:
+        needed |= target > 0
+    return needed
+
+
 def fit_reward_models(cfg: EvaluationConfig, seed: int, train: Split, evaluation: Split, num_actions: int,
-                      network: StateLayout | None = None, progress: Progress = QUIET) -> ModelFits:
-    """The reward model q(x, a) = E[r | x, a] on the train split: main fit + K refits, predicted on eval."""
+                      network: StateLayout | None = None, progress: Progress = QUIET,
+                      targets: Sequence[np.ndarray] | None = None) -> ModelFits:
+    """The reward model q(x, a) = E[r | x, a] on the train split: main fit + K refits, predicted on eval where
+    `targets` (pi(.|s) on the eval rows of every policy it will serve) need it (`needed_pairs`); None: every pair.
+    """
     state = model_state(train)
 
     def fit(row_sets, seeds, init, epochs):
@@ -98,7 +113,8 @@ def fit_reward_models(cfg: EvaluationConfig, seed: int, train: Split, evaluation
                        f"refits) on {len(state)} train rows, {cfg.reward_model_epochs} epochs"):
         models = _plan(cfg, seed).fit(fit, train["mdp_key"], cfg.reward_model_epochs)
     eval_state = model_state(evaluation)
-    predictions = [m.q_values(eval_state) for m in models]
+    needed = None if targets is None else needed_pairs(evaluation, targets)
+    predictions = [m.q_values(eval_state, needed) for m in models]
     logged = np.take_along_axis(predictions[0], evaluation["action"][:, None], axis=1)[:, 0]
     error = ModelError.of("reward of the logged action", logged, evaluation["reward"])
     return ModelFits(models, predictions, error)
@@ -121,7 +137,7 @@ def fit_fqe_models(cfg: EvaluationConfig, seed: int, train: Split, evaluation: S
                        "transitions"):
         models = _plan(cfg, seed).fit(fit, train["mdp_key"], cfg.fqe_iterations)
     eval_state = model_state(evaluation)
-    predictions = [m.q_values(eval_state) for m in models]
+    predictions = [m.q_values(eval_state, needed_pairs(evaluation, [eval_target])) for m in models]
     nxt, live = next_step_index(evaluation["mdp_key"], evaluation["sequence_number"])
     q = predictions[0]
     v_next = np.where(live, (q[nxt] * eval_target[nxt]).sum(axis=1), 0.0)

@@ -95,16 +95,37 @@ class FittedQ:
     losses: list[float] = field(default_factory=list)  # mean regression loss per iteration (scaled units)
 
     @torch.no_grad()
-    def q_values(self, state: np.ndarray, batch_size: int = 65536) -> np.ndarray:
-        """(N, F) states -> (N, A) Q-values (numpy, float64)."""
+    def q_values(self, state: np.ndarray, needed: np.ndarray | None = None, batch_size: int = 65536) -> np.ndarray:
+        """(N, F) states -> (N, A) Q-values (numpy, float64).
+
+        needed: (N, A) bool, the pairs to evaluate (a per-candidate network then runs on those pairs only, ~10x
+        fewer for a greedy target); the other entries are 0. None: every pair.
+        """
         self.network.eval()
         state_t = torch.as_tensor(np.asarray(state), dtype=torch.float32)
-        chunks = [self.network(state_t[i:i + batch_size]) for i in range(0, len(state_t), batch_size)]
-        return torch.cat(chunks).double().numpy()
+        if needed is None or not self.network.per_candidate:
+            chunks = [self.network(state_t[i:i + batch_size]) for i in range(0, len(state_t), batch_size)]
+            q = torch.cat(chunks).double().numpy()
+            return q if needed is None else np.where(needed, q, 0.0)
+        rows, actions = (torch.from_numpy(i) for i in np.nonzero(needed))
+        q = np.zeros(needed.shape)
+        for i in range(0, len(rows), batch_size):
+            r, a = rows[i:i + batch_size], actions[i:i + batch_size]
+            q[r.numpy(), a.numpy()] = (self.network.scaled_at(state_t[r], a) * self.network.reward_scale).numpy()
+        return q
 
     def values(self, state: np.ndarray, target_probs: np.ndarray) -> np.ndarray:
         """(N,) V(s) = sum_a pi(a|s) Q(s, a)."""
         return (self.q_values(state) * target_probs).sum(axis=1)
+
+
+def matmul_dtype(precision: str) -> torch.dtype:
+    """`EvaluationConfig.fqe_matmul_precision` -> the fits' matmul dtype ("auto": bfloat16 where the CPU has
+    native bfloat16 products, AVX512-BF16 or AMX; elsewhere bfloat16 is emulated and slower than float32)."""
+    if precision == "auto":
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return torch.bfloat16 if native else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[precision]
 
 
 def fqe_settings(config, seed: int | None = None) -> dict[str, Any]:
@@ -112,7 +133,7 @@ def fqe_settings(config, seed: int | None = None) -> dict[str, Any]:
     without `seed` also those of ``fit_fqe_ensemble`` (which takes ``seeds``)."""
     settings = {"iterations": config.fqe_iterations, "epochs": config.fqe_epochs,
                 "hidden_sizes": tuple(config.fqe_hidden_sizes), "learning_rate": config.fqe_learning_rate,
-                "batch_size": config.fqe_batch_size}
+                "batch_size": config.fqe_batch_size, "precision": matmul_dtype(config.fqe_matmul_precision)}
     return settings if seed is None else {**settings, "seed": seed}
 
 
@@ -135,6 +156,7 @@ def fit_fqe(
     num_threads: int | None = 1,
     init: FittedQ | None = None,
     layout: StateLayout | None = None,
+    precision: torch.dtype = torch.float32,
 ) -> FittedQ:
     """Fit Q^pi by fitted Q evaluation on logged transitions; same seed, same model.
 
@@ -144,7 +166,7 @@ def fit_fqe(
     return fit_fqe_ensemble(state, action, reward, next_state, not_terminal, next_target_probs, gamma,
                             row_sets=[rows], seeds=[seed], init=init, n_steps=n_steps, iterations=iterations,
                             epochs=epochs, hidden_sizes=hidden_sizes, learning_rate=learning_rate,
-                            batch_size=batch_size, num_threads=num_threads, layout=layout)[0]
+                            batch_size=batch_size, num_threads=num_threads, layout=layout, precision=precision)[0]
 
 
 def fit_fqe_ensemble(
@@ -168,6 +190,7 @@ def fit_fqe_ensemble(
     num_threads: int | None = 1,
     layout: StateLayout | None = None,
     progress: str | None = None,
+    precision: torch.dtype = torch.float32,
 ) -> list[FittedQ]:
     """M FQE fits trained together: member m is ``fit_fqe`` on the rows `row_sets[m]` with seed `seeds[m]`.
 
@@ -180,6 +203,7 @@ def fit_fqe_ensemble(
     num_threads: torch intra-op threads while fitting (restored after); these small MLPs run several times
     faster on 1 thread than on 2 busy cores. None keeps torch's setting.
     progress: a progress-bar label (stderr); None: no bar.
+    precision: the matmul dtype of the hidden layers (`ensemble.StackedMLP`; `matmul_dtype` from the config).
     """
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
@@ -189,7 +213,7 @@ def fit_fqe_ensemble(
                                   n_steps)
         rows = _check_row_sets(row_sets, seeds, len(data.action))
         return _fit_ensemble(data, rows, seeds, init, iterations, epochs, hidden_sizes, learning_rate,
-                             batch_size, layout, progress)
+                             batch_size, layout, progress, precision)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -208,6 +232,7 @@ def fit_reward_model(
     num_threads: int | None = 1,
     init: FittedQ | None = None,
     layout: StateLayout | None = None,
+    precision: torch.dtype = torch.float32,
 ) -> FittedQ:
     """q(x, a) = E[r | x, a] for DM/DR (FQE with gamma = 0 and a single iteration; `init`: warm start):
     `fit_reward_model_ensemble`'s one-member case on every row."""
@@ -215,7 +240,7 @@ def fit_reward_model(
     return fit_reward_model_ensemble(state, action, reward, num_actions, row_sets=[rows], seeds=[seed],
                                      epochs=epochs, init=init, hidden_sizes=hidden_sizes,
                                      learning_rate=learning_rate, batch_size=batch_size, num_threads=num_threads,
-                                     layout=layout)[0]
+                                     layout=layout, precision=precision)[0]
 
 
 def fit_reward_model_ensemble(
@@ -323,7 +348,7 @@ def _input_standardization(nets: Sequence[QNetwork]) -> tuple[torch.Tensor, torc
 @torch.no_grad()
 def _fit_ensemble(data: _Transitions, rows: list[np.ndarray], seeds: Sequence[int], init: FittedQ | None,
                   iterations: int, epochs: int, hidden_sizes: Sequence[int], learning_rate: float, batch_size: int,
-                  layout: StateLayout | None, progress: str | None) -> list[FittedQ]:
+                  layout: StateLayout | None, progress: str | None, precision: torch.dtype) -> list[FittedQ]:
     n, num_actions = data.next_target_probs.shape
     members = len(rows)
     if init is not None:
@@ -345,7 +370,9 @@ def _fit_ensemble(data: _Transitions, rows: list[np.ndarray], seeds: Sequence[in
                     torch.from_numpy(data.next_target_probs[live[pair_row], pair_action]).float())
     next_state = torch.from_numpy(data.next_state)
 
-    mlp = StackedMLP([m.mlp for m in nets])
+    mlp = StackedMLP([m.mlp for m in nets], precision)
+    # every member's standardized inputs, once, in the first layer's dtype: (M * N, I), member m's from m * N
+    standardized = ((inputs[None] - in_mean) / in_std).to(mlp.input_dtype).view(members * n, -1)
     optimizer = StackedAdam(mlp, learning_rate)
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     row_tensors = [torch.from_numpy(r) for r in rows]
@@ -364,8 +391,8 @@ def _fit_ensemble(data: _Transitions, rows: list[np.ndarray], seeds: Sequence[in
             full = (weight == 1).all(dim=(1, 2)).tolist()  # (S,) every member has a whole batch
             everyone = active.all(dim=1).tolist()  # (S,)
             for step, batch in enumerate(index):  # (M, B) base rows
-                x = inputs.index_select(0, batch.view(-1)).view(members, batch_size, -1)  # (M, B, I)
-                activations = mlp.activations((x - in_mean) / in_std)
+                x = standardized.index_select(0, (batch + offsets).view(-1)).view(members, batch_size, -1)
+                activations = mlp.activations(x)  # (M, B, I) inputs first
                 out = activations[-1]  # (M, B, O)
                 taken = None if net.per_candidate else actions[batch][..., None]  # (M, B, 1)
                 q = out[..., 0] if taken is None else out.gather(2, taken)[..., 0]  # (M, B)

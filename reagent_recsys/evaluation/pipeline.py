@@ -131,7 +131,8 @@ def run_cpe(cfg: EvaluationConfig, seed: int, train: Split, evaluation: Split, t
     num_actions = evaluation["possible_actions_mask"].shape[1]
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
-    reward = fit_reward_models(cfg, seed, train, evaluation, num_actions, network, progress)
+    reward = fit_reward_models(cfg, seed, train, evaluation, num_actions, network, progress,
+                               [t.eval_probs for t in targets])
     seconds["reward_model_fits"] = time.perf_counter() - clock
     results = []
     for target in targets:

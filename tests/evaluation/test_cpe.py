@@ -10,6 +10,7 @@ from reagent_recsys.config import EvaluationConfig
 from reagent_recsys.evaluation.cpe import (
     fit_fqe_models,
     fit_reward_models,
+    needed_pairs,
     one_step_estimates,
     sequential_estimates,
 )
@@ -153,6 +154,31 @@ def test_model_refits_make_the_dm_interval_cover_the_truth():
             assert dm.name == "DM" and dm.model_fits == (k + 1 if k else 0)
             covered[k] += dm.lower <= truth <= dm.upper
     assert covered[0] <= 2 and covered[5] >= 8, covered
+
+
+def test_models_predict_only_the_pairs_the_estimators_read():
+    """The logged action and every action some target puts mass on; the estimates are those of every pair."""
+    rng = np.random.default_rng(3)
+    n, slots = 400, 5
+    layout = StateLayout.from_candidates(1 + slots, np.arange(1, 1 + slots)[None])  # a per-candidate network
+    x = rng.uniform(size=(n, 1 + slots)).astype(np.float32)
+    action = rng.integers(0, slots, n)
+    split = {"state": x, "action": action, "reward": 2 * x[np.arange(n), 1 + action], "mdp_key": np.arange(n),
+             "action_probability": np.full(n, 1 / slots), "possible_actions_mask": np.ones((n, slots), bool)}
+    greedy, mixed = np.eye(slots)[x[:, 1:].argmax(axis=1)], np.tile([0.5, 0.5, 0, 0, 0], (n, 1))
+    needed = needed_pairs(split, [greedy, mixed])
+    assert needed[np.arange(n), action].all() and needed[greedy > 0].all() and needed[:, :2].all()
+    assert needed.sum(axis=1).max() <= 4 and not needed.all()
+    cfg = settings(model_bootstrap_fits=1)
+    some = fit_reward_models(cfg, 5, split, split, slots, layout, targets=[greedy, mixed])
+    every = fit_reward_models(cfg, 5, split, split, slots, layout)
+    for restricted, full in zip(some.predictions, every.predictions, strict=True):
+        np.testing.assert_allclose(restricted[needed], full[needed], rtol=1e-6)
+        assert (restricted[~needed] == 0).all()
+    for target in (greedy, mixed):
+        for a, b in zip(one_step_estimates(cfg, 5, split, target, some), one_step_estimates(cfg, 5, split, target, every),
+                        strict=True):
+            assert a.value == pytest.approx(b.value, rel=1e-6)
 
 
 def test_fqe_learns_from_one_step_transitions_when_the_table_is_n_step():

@@ -14,6 +14,7 @@ from reagent_recsys.evaluation.fqe import (
     fit_plan,
     fit_reward_model,
     fit_reward_model_ensemble,
+    matmul_dtype,
 )
 from reagent_recsys.evaluation.history import StateLayout
 from reagent_recsys.evaluation.synthetic import (
@@ -65,6 +66,30 @@ def test_stacked_mlp_gradients_and_adam_match_autograd_and_torch_adam():
         torch.testing.assert_close(mlp(x)[m, :, 0], member(x[m])[:, 0].detach(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("out", [1, 4])
+def test_bfloat16_matmuls_keep_float32_outputs_and_gradients_within_rounding(out):
+    torch.manual_seed(1)
+    members = [nn.Sequential(nn.Linear(7, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, out))
+               for _ in range(2)]
+    x, d_output = torch.randn(2, 256, 7), torch.randn(2, 256, out)
+    exact, low = StackedMLP(members), StackedMLP(members, torch.bfloat16)
+    exact_acts, low_acts = exact.activations(x), low.activations(x)
+    assert low_acts[1].dtype == torch.bfloat16 and low_acts[-1].dtype == torch.float32
+    torch.testing.assert_close(low_acts[-1], exact_acts[-1], rtol=0.02, atol=0.02)
+    exact_grad, low_grad = exact.gradients(exact_acts, d_output), low.gradients(low_acts, d_output)
+    assert low_grad.dtype == torch.float32 and low_grad.shape == exact_grad.shape
+    # a few percent from rounding every product's inputs (minibatch noise is far larger), same direction
+    assert (low_grad - exact_grad).norm() < 0.08 * exact_grad.norm()
+    assert torch.nn.functional.cosine_similarity(low_grad, exact_grad, dim=0) > 0.995
+    assert not torch.equal(low_grad, exact_grad)  # it did run in bfloat16
+
+
+def test_matmul_precision_setting():
+    assert matmul_dtype("float32") == torch.float32 and matmul_dtype("bfloat16") == torch.bfloat16
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert matmul_dtype("auto") == (torch.bfloat16 if native else torch.float32)
+
+
 def test_members_match_their_own_fits_with_own_rows_and_seeds(logged):
     episodes, arrays = logged
     row_sets, seeds = fit_plan(episodes.episode_key, 2, seed=3)
@@ -79,17 +104,19 @@ def test_members_match_their_own_fits_with_own_rows_and_seeds(logged):
     assert not np.allclose(ensemble[0].q_values(probe), ensemble[1].q_values(probe), atol=1e-4)
 
 
-def test_every_member_recovers_the_true_q_and_same_seeds_give_the_same_bits(logged):
+@pytest.mark.parametrize("precision", [torch.float32, torch.bfloat16])
+def test_every_member_recovers_the_true_q_and_same_seeds_give_the_same_bits(logged, precision):
     episodes, arrays = logged
     row_sets, seeds = fit_plan(episodes.episode_key, 2, seed=0)
-    first = fit_fqe_ensemble(*arrays, 0.9, row_sets=row_sets, seeds=seeds, iterations=20, epochs=2, **SETTINGS)
+    settings = {**SETTINGS, "precision": precision}
+    first = fit_fqe_ensemble(*arrays, 0.9, row_sets=row_sets, seeds=seeds, iterations=20, epochs=2, **settings)
     true_q = stationary_q(make_mdp(), TARGET_POLICY)  # (S, A)
     values = [member.q_values(np.eye(3)) for member in first]
     for q in values:
         assert np.abs(q - true_q).max() < 0.08, (q, true_q)
     assert np.abs(values[1] - values[2]).max() > 1e-3  # other rows, other seeds: other fits
-    again = fit_fqe_ensemble(*arrays, 0.9, row_sets=row_sets, seeds=seeds, iterations=2, epochs=1, **SETTINGS)
-    twice = fit_fqe_ensemble(*arrays, 0.9, row_sets=row_sets, seeds=seeds, iterations=2, epochs=1, **SETTINGS)
+    again = fit_fqe_ensemble(*arrays, 0.9, row_sets=row_sets, seeds=seeds, iterations=2, epochs=1, **settings)
+    twice = fit_fqe_ensemble(*arrays, 0.9, row_sets=row_sets, seeds=seeds, iterations=2, epochs=1, **settings)
     for a, b in zip(again, twice, strict=True):
         np.testing.assert_array_equal(a.q_values(np.eye(3)), b.q_values(np.eye(3)))
 
@@ -111,7 +138,8 @@ def test_warm_started_members_keep_the_main_fits_units_and_stay_near_it():
     assert not np.allclose(refits[0].q_values(probe), refits[1].q_values(probe))
 
 
-def test_per_candidate_ensemble_learns_the_shared_candidate_function():
+@pytest.mark.parametrize("precision", [torch.float32, torch.bfloat16])
+def test_per_candidate_ensemble_learns_the_shared_candidate_function(precision):
     """Reward = 3 x the chosen candidate's feature; a stochastic target over candidates for FQE's s'."""
     rng = np.random.default_rng(0)
     n, slots = 600, 6
@@ -122,17 +150,22 @@ def test_per_candidate_ensemble_learns_the_shared_candidate_function():
     row_sets, seeds = fit_plan(np.arange(n) // 3, 2, seed=0)
     test_state = rng.uniform(size=(500, 1 + slots)).astype(np.float32)
     models = fit_reward_model_ensemble(state, action, reward, slots, row_sets=row_sets, seeds=seeds, epochs=60,
-                                       hidden_sizes=(32,), learning_rate=3e-3, batch_size=64, layout=layout)
+                                       hidden_sizes=(32,), learning_rate=3e-3, batch_size=64, layout=layout,
+                                       precision=precision)
     for model in models:
         assert model.network.per_candidate
         assert np.abs(model.q_values(test_state) - 3.0 * test_state[:, 1:]).mean() < 0.1
+    needed = rng.random((500, slots)) < 0.3  # only these pairs are evaluated, the rest are 0
+    some = models[0].q_values(test_state, needed)
+    np.testing.assert_allclose(some[needed], models[0].q_values(test_state)[needed], rtol=1e-5, atol=1e-5)
+    assert (some[~needed] == 0).all()
     # FQE, gamma 0.5, uniform (stochastic) target; s' is a fresh state whose every candidate feature (and context)
     # is c ~ U(0, 1), so V(s') = 3c + k_{i-1} and Q_i(s, a) = 3 x_a + k_i, k_i = 0.5 (1.5 + k_{i-1}) -> 1.5.
     next_state = np.repeat(rng.uniform(size=(n, 1)), 1 + slots, axis=1).astype(np.float32)
     probs = np.full((n, slots), 1.0 / slots)
     fqe = fit_fqe_ensemble(state, action, reward, next_state, np.ones(n, bool), probs, 0.5,
                            row_sets=row_sets[:2], seeds=seeds[:2], iterations=8, epochs=10, hidden_sizes=(32,),
-                           learning_rate=3e-3, batch_size=64, layout=layout)
+                           learning_rate=3e-3, batch_size=64, layout=layout, precision=precision)
     for model in fqe:
         assert np.abs(model.q_values(test_state) - (3.0 * test_state[:, 1:] + 1.5)).mean() < 0.15
 
