@@ -460,6 +460,11 @@ class TrainingConfig(StrictModel):
     double_q: bool = Field(True, description="Double-Q targets.")
     tau: float = Field(0.01, gt=0, le=1, description="Soft target update rate.")
     loss: Literal["huber", "mse"] = Field("huber", description="TD loss.")
+    value_scale: float = Field(
+        1.0, gt=0, description="The Q-network outputs Q / value_scale and the TD loss (and CQL's term) is taken in "
+        "those units: like rewards scaled by 1 / value_scale, but Q-values stay in reward units. Near the size of "
+        "the returns, the network learns large returns much faster."
+    )
     grad_clip_norm: float | None = Field(10.0, gt=0, description="Gradient norm clip; null disables.")
     cql_alpha: float = Field(1.0, ge=0, description="CQL regularizer weight (algorithm: cql).")
     bcq_threshold: float = Field(0.3, ge=0, le=1, description="BCQ action threshold (algorithm: bcq).")

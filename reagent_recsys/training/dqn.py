@@ -3,7 +3,8 @@
 Target: y = n_step_reward + not_terminal * gamma^k * Q_target(s', a'), where a' is the best *possible* next action
 and k = n_steps (default: `n_step_reward` already sums gamma^j r_{t+j} for j < n_steps) or, with
 `training.time_diff_discount`, k = time_diff (the sequence-number gap, for logs whose steps are unevenly
-spaced). gamma = 0 gives the offline contextual bandit: y = reward.
+spaced). gamma = 0 gives the offline contextual bandit: y = reward. The loss is taken in units of
+`training.value_scale` (the network's own output units), so it behaves like rewards scaled by 1 / value_scale.
 """
 
 from __future__ import annotations
@@ -54,21 +55,27 @@ class DQN:
         discount = self.config.gamma ** steps.to(torch.float32)  # (B,)
         return batch.n_step_reward + torch.where(bootstrap, discount * next_value, 0.0)
 
+    def td_loss(self, q_logged: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+        """Huber or MSE between (B,) Q(s, a) and TD targets, both divided by `value_scale`."""
+        scale = self.config.value_scale
+        loss = F.huber_loss if self.config.loss == "huber" else F.mse_loss
+        return loss(q_logged / scale, target / scale, reduction=reduction)
+
     def compute_loss(self, batch: TrainingBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """Scalar loss and detached statistics."""
         x = self.features(batch.state, batch.state_presence)  # (B, D)
         q, logits = self.model(x)  # (B, A), (B, A)
         q_logged = q.gather(1, batch.action[:, None]).squeeze(1)  # (B,)
-        target = self.compute_target(batch)  # (B,)
-        td_loss = (F.huber_loss if self.config.loss == "huber" else F.mse_loss)(q_logged, target)
+        td_loss = self.td_loss(q_logged, self.compute_target(batch))
         q_max, greedy = masked_max(q.detach(), batch.possible_actions_mask)
         stats = {"td_loss": td_loss.detach(), "q_mean": q_logged.detach().mean(), "q_max": q_max.max(),
                  "greedy_action": greedy}
-        extra, extra_stats = self.regularizer(batch, q, logits)
+        extra, extra_stats = self.regularizer(batch, q / self.config.value_scale, logits)
         return td_loss + extra, {**stats, **extra_stats}
 
     def regularizer(self, batch: TrainingBatch, q: Tensor, logits: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Extra loss terms of a variant (none for DQN); q and logits are (B, A) from this batch's forward."""
+        """Extra loss terms of a variant (none for DQN); q (in units of value_scale) and logits are (B, A) from
+        this batch's forward."""
         return torch.zeros(()), {}
 
     def update(self, batch: TrainingBatch) -> dict[str, Tensor]:

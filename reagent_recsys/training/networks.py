@@ -17,10 +17,16 @@ def mlp(input_dim: int, hidden_sizes: list[int], output_dim: int) -> nn.Sequenti
 
 
 class QNetwork(nn.Module):
-    """(B, D) -> (B, A) Q-values. Dueling: Q = V(s) + A(s, a) - mean_a A(s, a) on a shared trunk."""
+    """(B, D) -> (B, A) Q-values. Dueling: Q = V(s) + A(s, a) - mean_a A(s, a) on a shared trunk.
 
-    def __init__(self, input_dim: int, num_actions: int, hidden_sizes: list[int], dueling: bool = True) -> None:
+    The layers output Q / `value_scale` (a constant), so with a value_scale near the size of the returns they work
+    in O(1) units while the Q-values stay in reward units.
+    """
+
+    def __init__(self, input_dim: int, num_actions: int, hidden_sizes: list[int], dueling: bool = True,
+                 value_scale: float = 1.0) -> None:
         super().__init__()
+        self.value_scale = float(value_scale)
         self.dueling = dueling
         if dueling and hidden_sizes:
             self.trunk = mlp(input_dim, hidden_sizes[:-1], hidden_sizes[-1])
@@ -35,19 +41,19 @@ class QNetwork(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.trunk(x)  # (B, H) dueling, else (B, A)
         if not self.dueling:
-            return h
+            return h * self.value_scale
         h = torch.relu(h)
         advantage = self.advantage(h)  # (B, A)
-        return self.value(h) + advantage - advantage.mean(dim=1, keepdim=True)
+        return (self.value(h) + advantage - advantage.mean(dim=1, keepdim=True)) * self.value_scale
 
 
 class DQNModel(nn.Module):
     """The trainable part: a Q-network and, for BCQ, a behavior-cloning head (logits of the logging policy)."""
 
     def __init__(self, input_dim: int, num_actions: int, hidden_sizes: list[int], dueling: bool = True,
-                 behavior_cloning: bool = False) -> None:
+                 behavior_cloning: bool = False, value_scale: float = 1.0) -> None:
         super().__init__()
-        self.q = QNetwork(input_dim, num_actions, hidden_sizes, dueling)
+        self.q = QNetwork(input_dim, num_actions, hidden_sizes, dueling, value_scale)
         self.behavior_cloning = behavior_cloning
         self.imitator = mlp(input_dim, hidden_sizes, num_actions) if behavior_cloning else nn.Identity()
 

@@ -21,7 +21,6 @@ import numpy as np
 import pyarrow.dataset as ds
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -44,13 +43,16 @@ class ModelSpec:
     hidden_sizes: list[int]
     dueling: bool
     behavior_cloning: bool
+    value_scale: float = 1.0  # models saved before training.value_scale existed have none
 
     @classmethod
     def from_config(cls, config: TrainingConfig, input_dim: int, num_actions: int) -> ModelSpec:
-        return cls(input_dim, num_actions, list(config.hidden_sizes), config.dueling, config.algorithm == "bcq")
+        return cls(input_dim, num_actions, list(config.hidden_sizes), config.dueling, config.algorithm == "bcq",
+                   config.value_scale)
 
     def build(self) -> DQNModel:
-        return DQNModel(self.input_dim, self.num_actions, self.hidden_sizes, self.dueling, self.behavior_cloning)
+        return DQNModel(self.input_dim, self.num_actions, self.hidden_sizes, self.dueling, self.behavior_cloning,
+                        self.value_scale)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -251,8 +253,7 @@ class Trainer:
             batch = batch.to(self.device)
             x = self.algo.features(batch.state, batch.state_presence)  # (B, D)
             q_logged = self.algo.net(x)[0].gather(1, batch.action[:, None]).squeeze(1)  # (B,)
-            loss = (F.huber_loss if self.config.loss == "huber" else F.mse_loss)(
-                q_logged, self.algo.compute_target(batch), reduction="sum")
+            loss = self.algo.td_loss(q_logged, self.algo.compute_target(batch), reduction="sum")
             total, rows = total + float(loss), rows + len(batch)
         return {"eval/td_loss": total / max(rows, 1)}
 

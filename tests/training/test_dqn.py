@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,7 @@ from reagent_recsys.data.synthetic import (
 from reagent_recsys.normalization import Preprocessor
 from reagent_recsys.training.dqn import BCQ, CQL, DQN, DoubleCQL, DoubleDQN, build_algorithm
 from reagent_recsys.training.networks import DQNModel, bcq_filter, masked_max
+from reagent_recsys.training.trainer import ModelSpec
 
 F, A = 4, 3
 
@@ -33,7 +36,7 @@ def make_batch(n: int = 16, seed: int = 0) -> TrainingBatch:
 def make_algo(cls=DQN, **overrides) -> DQN:
     torch.manual_seed(0)
     config = TrainingConfig(hidden_sizes=[8], **overrides)
-    model = DQNModel(F, A, [8], dueling=True, behavior_cloning=cls is BCQ)
+    model = DQNModel(F, A, [8], dueling=True, behavior_cloning=cls is BCQ, value_scale=config.value_scale)
     algo = cls(model, Preprocessor(synthetic_normalization(list(range(F)))), config)
     with torch.no_grad():  # make the target differ from the online network
         for p in algo.target.parameters():
@@ -80,6 +83,39 @@ def test_double_q_uses_online_argmax_and_target_value():
     expected = batch.n_step_reward + torch.where(live, value, 0.0)
     torch.testing.assert_close(algo.compute_target(batch), expected)
     assert not torch.allclose(expected, make_algo(DQN, gamma=1.0).compute_target(batch))
+
+
+@pytest.mark.parametrize(("cls", "loss"), [(DQN, "mse"), (DoubleDQN, "huber"), (CQL, "mse")])
+def test_value_scale_is_reward_scaling_in_reward_units(cls, loss):
+    """value_scale s on rewards x s takes exactly the steps value_scale 1 takes on the rewards: the same weights,
+    Q-values s times as large (so with s ~ the returns the layers work in O(1) units)."""
+    plain, scaled = make_algo(cls, loss=loss), make_algo(cls, loss=loss, value_scale=50.0)
+    for seed in range(3):
+        batch = make_batch(seed=seed)
+        plain.update(batch)
+        batch.n_step_reward = batch.n_step_reward * 50.0
+        scaled.update(batch)
+    for a, b in zip(plain.net.parameters(), scaled.net.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    x = make_batch(seed=7).state
+    with torch.no_grad():
+        torch.testing.assert_close(scaled.net(x)[0], 50.0 * plain.net(x)[0], rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(scaled.net(x)[0], plain.net(x)[0])
+
+
+def test_value_scale_is_part_of_the_saved_model_spec():
+    spec = ModelSpec.from_config(TrainingConfig(value_scale=100.0), F, A)
+    assert spec.to_dict()["value_scale"] == 100.0 and spec.build().q.value_scale == 100.0
+    old = {k: v for k, v in spec.to_dict().items() if k != "value_scale"}  # saved before the field existed
+    assert ModelSpec(**old).build().q.value_scale == 1.0
+    net = spec.build().eval()
+    scripted = torch.jit.script(net.q)  # the exported policy scripts this module
+    x = torch.randn(5, F)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net.q(x))
+        unit = copy.deepcopy(net.q)
+        unit.value_scale = 1.0
+        torch.testing.assert_close(net.q(x), 100.0 * unit(x))
 
 
 def test_cql_adds_logsumexp_penalty():
