@@ -387,26 +387,29 @@ def _fit_ensemble(data: _Transitions, rows: list[np.ndarray], seeds: Sequence[in
         total, steps = torch.zeros(members), torch.zeros(members)
         for _ in range(epochs):
             index, weight, active = epoch_schedule(row_tensors, generators, 1, batch_size)
-            counts = weight.sum(dim=2).clamp(min=1)  # (S, M) rows in each member's batch
+            scales = 2 * weight / weight.sum(dim=2, keepdim=True).clamp(min=1)  # (S, M, B) 2 / rows_m, 0 padding
             full = (weight == 1).all(dim=(1, 2)).tolist()  # (S,) every member has a whole batch
             everyone = active.all(dim=1).tolist()  # (S,)
-            for step, batch in enumerate(index):  # (M, B) base rows
-                x = standardized.index_select(0, (batch + offsets).view(-1)).view(members, batch_size, -1)
-                activations = mlp.activations(x)  # (M, B, I) inputs first
+            # the epoch's inputs and targets in step order, gathered at once: (S, M, B, I) and (S, M, B)
+            flat_rows = (index + offsets).view(-1)  # rows of the stacked (M * N, .) tensors
+            epoch_inputs = standardized.index_select(0, flat_rows).view(*index.shape, -1)
+            epoch_targets = td_flat.index_select(0, flat_rows).view(index.shape)
+            for step in range(len(index)):
+                activations = mlp.activations(epoch_inputs[step])
                 out = activations[-1]  # (M, B, O)
-                taken = None if net.per_candidate else actions[batch][..., None]  # (M, B, 1)
+                taken = None if net.per_candidate else actions[index[step]][..., None]  # (M, B, 1)
                 q = out[..., 0] if taken is None else out.gather(2, taken)[..., 0]  # (M, B)
-                error = q - td_flat[batch + offsets]  # (M, B)
+                error = q - epoch_targets[step]  # (M, B)
                 # loss_m = mean of error^2 over member m's real rows; d loss_m / d q = 2 error / rows_m
-                scale = (1.0 / batch_size) if full[step] else weight[step] / counts[step][:, None]  # (M, B)
-                total += (error.square() * scale).sum(dim=1)
-                d_q = (2 * error * scale)[..., None]  # (M, B, 1)
-                d_out = d_q if taken is None else torch.zeros_like(out).scatter_(2, taken, d_q)
-                optimizer.step(mlp.gradients(activations, d_out), None if everyone[step] else active[step])
+                d_q = error * (2.0 / batch_size if full[step] else scales[step])  # (M, B)
+                total += (error * d_q).sum(dim=1)  # twice the loss
+                d_out = d_q[..., None] if taken is None else torch.zeros_like(out).scatter_(2, taken, d_q[..., None])
+                mlp.gradients(activations, d_out)
+                optimizer.step(None if everyone[step] else active[step])
                 bar.update()
             steps += active.sum(dim=0)
         for m in range(members):
-            losses[m].append(float(total[m] / steps[m]))
+            losses[m].append(float(total[m] / (2 * steps[m])))
     bar.close()
     mlp.write_back([m.mlp for m in nets])
     return [FittedQ(m.eval(), data.gamma, loss) for m, loss in zip(nets, losses, strict=True)]

@@ -48,10 +48,11 @@ def test_stacked_mlp_gradients_and_adam_match_autograd_and_torch_adam():
         activations = mlp.activations(x)
         return mlp.gradients(activations, (2 * (activations[-1][..., 0] - target) / 40)[..., None])
 
-    d_weights, d_biases = mlp.views(stacked_gradients())
+    d_weights, d_biases = mlp.views(stacked_gradients().clone())
     optimizer = StackedAdam(mlp, lr=0.01)
     for _ in range(3):
-        optimizer.step(stacked_gradients())
+        stacked_gradients()
+        optimizer.step()
     for m, member in enumerate(members):  # member m alone, by autograd and torch.optim.Adam
         linears = [layer for layer in member if isinstance(layer, nn.Linear)]
         adam = torch.optim.Adam(member.parameters(), lr=0.01)
