@@ -38,6 +38,10 @@ class StackedMLP:
         self.members = len(members)
         self.flat = torch.cat([p.reshape(-1) for p in pieces])  # (M * P,) parameter by parameter
         self.grad = torch.zeros_like(self.flat)  # what `gradients` last computed
+        # the live weights in each layer's matmul dtype, refreshed by every `activations` call with them
+        self._matmul_flat = self.flat if matmul_dtype == torch.float32 else self.flat.to(matmul_dtype)
+        self._live = self._in_matmul_dtypes(self.views(self.flat), self.views(self._matmul_flat))
+        self._grad_views = self.views(self.grad)
         # `flat` as one contiguous chunk per (parameter, member), member m's being chunks m, m + M, m + 2M, ...
         self.chunk_sizes = [p[0].numel() for p in pieces for _ in range(self.members)]
 
@@ -59,9 +63,13 @@ class StackedMLP:
     def activations(self, x: torch.Tensor, flat: torch.Tensor | None = None) -> list[torch.Tensor]:
         """[x, relu(x W1 + b1), ..., output]: every layer's output, (M, B, width) each, in the dtype of the
         layer that reads it."""
-        weights, biases = self._weights_in_matmul_dtype(self.flat if flat is None else flat)
         if flat is None:
-            self._live_weights = weights  # for `gradients`, which follows before the weights change
+            if self._matmul_flat is not self.flat:
+                self._matmul_flat.copy_(self.flat)
+            weights, biases = self._live
+        else:
+            low = flat if self.matmul_dtype == torch.float32 else flat.to(self.matmul_dtype)
+            weights, biases = self._in_matmul_dtypes(self.views(flat), self.views(low))
         x = x.to(weights[0].dtype)
         outputs, last = [x], len(weights) - 1
         for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
@@ -83,20 +91,16 @@ class StackedMLP:
         """The dtype layer `layer`'s products run in: `matmul_dtype`, float32 for the output layer."""
         return torch.float32 if layer == len(self.shapes) - 1 else self.matmul_dtype
 
-    def _weights_in_matmul_dtype(self, flat: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """`views(flat)` with every layer's weights and bias in its `_dtype` (one cast of the whole buffer)."""
-        weights, biases = self.views(flat)
-        if self.matmul_dtype == torch.float32:
-            return weights, biases
-        low_weights, low_biases = self.views(flat.to(self.matmul_dtype))
-        last = len(weights) - 1
-        return low_weights[:last] + weights[last:], low_biases[:last] + biases[last:]
+    def _in_matmul_dtypes(self, exact, low) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per layer the weights and bias from `low` (`views` of the parameters in `matmul_dtype`) or, for
+        the float32 output layer, from `exact` (`views` in float32)."""
+        last = len(self.shapes) - 1
+        return low[0][:last] + exact[0][last:], low[1][:last] + exact[1][last:]
 
     def gradients(self, activations: list[torch.Tensor], d_output: torch.Tensor) -> torch.Tensor:
         """`grad` (M * P,) := d loss / d `flat` by backpropagating d loss / d output (M, B, out) through
         `activations` (the last `activations` call's, with the live weights)."""
-        weights = self._live_weights
-        d_weights, d_biases = self.views(self.grad)
+        weights, d_weights, d_biases = self._live[0], *self._grad_views
         delta = d_output  # (M, B, out) d loss / d layer output (pre-activation)
         for i in range(len(weights) - 1, -1, -1):
             inputs, w = activations[i], weights[i]  # (M, B, in), (M, in, out); inputs in w's dtype
