@@ -172,7 +172,20 @@ class EpsilonGreedyPolicyConfig(StrictModel):
     expert: GreedyPolicyConfig = Field(default_factory=GreedyPolicyConfig, description="The greedy expert.")
 
 
-class ExportedPolicyConfig(StrictModel):
+class ExplorationConfig(StrictModel):
+    """How an exported policy picks among the possible actions (serving/exploration.py), wherever it is served:
+    by workflow.serve or as offline_gym's logging policy."""
+
+    exploration: Literal["greedy", "softmax", "epsilon_greedy"] = Field(
+        "greedy", description="greedy: the policy's action (propensity 1); softmax: sample softmax(Q / temperature) "
+        "over the possible actions; epsilon_greedy: a uniform possible action with probability epsilon, else the "
+        "greedy one."
+    )
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature (exploration: softmax).")
+    epsilon: float = Field(0.1, ge=0, le=1, description="Exploration probability (exploration: epsilon_greedy).")
+
+
+class ExportedPolicyConfig(ExplorationConfig):
     """An exported TorchScript policy (workflow.export's policy.pt) served greedy, softmax or epsilon-greedy."""
 
     type: Literal["exported"] = Field("exported", description="Policy kind.")
@@ -181,12 +194,6 @@ class ExportedPolicyConfig(StrictModel):
         "embedded by workflow.export, gives the feature ids and action names; the simulator's state is mapped to "
         "them by id, absent features served as absent)."
     )
-    exploration: Literal["greedy", "softmax", "epsilon_greedy"] = Field(
-        "greedy", description="How it is served, as workflow.serve does: greedy (propensity 1), softmax(Q / "
-        "temperature), or a uniform candidate with probability epsilon, else the greedy one."
-    )
-    temperature: float = Field(1.0, gt=0, description="Softmax temperature (exploration: softmax).")
-    epsilon: float = Field(0.1, ge=0, le=1, description="Exploration probability (exploration: epsilon_greedy).")
 
 
 class MixtureComponent(StrictModel):
@@ -654,7 +661,7 @@ class ServeSessionsConfig(StrictModel):
     )
 
 
-class ServeConfig(StrictModel):
+class ServeConfig(ExplorationConfig):
     """workflow.serve: an HTTP server for export/policy.pt that logs its decisions as an mdp table."""
 
     host: str = Field("127.0.0.1", description="Interface to bind (0.0.0.0: every interface).")
@@ -667,12 +674,6 @@ class ServeConfig(StrictModel):
         None, description="The decision log (an mdp table workflow.timeline_operator reads as is); "
         "null: output_dir/decision_log."
     )
-    exploration: Literal["greedy", "softmax", "epsilon_greedy"] = Field(
-        "greedy", description="greedy: the policy's action (propensity 1); softmax: sample softmax(Q / temperature) "
-        "over the possible actions; epsilon_greedy: a uniform possible action with probability epsilon."
-    )
-    temperature: float = Field(1.0, gt=0, description="Softmax temperature (exploration: softmax).")
-    epsilon: float = Field(0.1, ge=0, le=1, description="Exploration probability (exploration: epsilon_greedy).")
     feedback_timeout_seconds: float = Field(
         3600.0, gt=0, description="A decision without feedback this long after it was served is closed by "
         "on_missing_feedback."
