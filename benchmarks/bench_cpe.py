@@ -2,7 +2,7 @@
 over repeated independent data sets; then the time of one call (point estimate plus bootstrap) at a larger size.
 
     .venv/bin/python benchmarks/bench_cpe.py [--repeats 40] [--contexts 1000] [--episodes 500] [--samples 200]
-    .venv/bin/python benchmarks/bench_cpe.py --only-fits [--fit-episodes 16000] [--fit-iterations 15] ...
+    .venv/bin/python benchmarks/bench_cpe.py --only-fits [--fit-episodes 16000] [--fit-iterations 11] [--fit-rounds 3] ...
 
 One-step: the contextual bandit of reagent_recsys.evaluation.synthetic (uniform logging over 4 actions, softmax
 target), reward model = true means + 0.2 (biased). Sequential: the 3-state MDP (horizon 6, gamma 0.9), model =
@@ -236,8 +236,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--only-fits", action="store_true", help="only the model-fit comparison")
     parser.add_argument("--fit-episodes", type=int, default=16_000, help="train episodes of the model-fit table")
-    parser.add_argument("--fit-iterations", type=int, default=15, help="FQE iterations (sweet_bitter: 15)")
-    parser.add_argument("--fit-epochs", type=int, default=4, help="FQE epochs per iteration (sweet_bitter: 4)")
+    parser.add_argument("--fit-iterations", type=int, default=11, help="FQE iterations (sweet_bitter: 11)")
+    parser.add_argument("--fit-epochs", type=int, default=6, help="FQE epochs per iteration (sweet_bitter: 6)")
     parser.add_argument("--reward-epochs", type=int, default=20, help="reward-model epochs (default 20)")
     parser.add_argument("--fits", type=int, default=4, help="M = main fit + refits (sweet_bitter: 4)")
     parser.add_argument("--fit-rounds", type=int, default=3,

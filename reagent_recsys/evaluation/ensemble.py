@@ -104,7 +104,7 @@ class StackedMLP:
         delta = d_output  # (M, B, out) d loss / d layer output (pre-activation)
         for i in range(len(weights) - 1, -1, -1):
             inputs, w = activations[i], weights[i]  # (M, B, in), (M, in, out); inputs in w's dtype
-            torch.sum(delta, dim=1, keepdim=True, dtype=torch.float32, out=d_biases[i])  # before the cast: faster
+            d_biases[i].copy_(delta.sum(dim=1, keepdim=True))  # bfloat16: rounded like the weight gradient
             delta = delta.to(w.dtype)
             if w.shape[2] == 1:  # (M, 1, B) x (M, B, in) into the (M, in, 1) weights' (M, 1, in) transpose
                 torch.bmm(delta.transpose(1, 2), inputs, out=d_weights[i].transpose(1, 2))
