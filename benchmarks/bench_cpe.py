@@ -229,6 +229,7 @@ def print_fit_comparison(args) -> None:
               + "; ".join(f"{name.split(' (')[0]}: " + ", ".join(f"{w:.1f}" for w, _ in timings[name])
                           for name, _ in methods) + ")")
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=100)

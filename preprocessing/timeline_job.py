@@ -9,7 +9,6 @@ Under spark-submit the master comes from spark-submit (or --master here); run wi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import sys
@@ -41,7 +40,7 @@ from preprocessing.timeline import (  # noqa: E402
     split_ranges,
 )
 from reagent_recsys import history  # noqa: E402
-from reagent_recsys.artifacts import package_versions  # noqa: E402
+from reagent_recsys.artifacts import package_versions, text_sha256  # noqa: E402
 from reagent_recsys.config import ConfigError, PipelineConfig  # noqa: E402
 from reagent_recsys.schema import FEATURES_FILE, MANIFEST_FILE, MDP, TIMELINE  # noqa: E402
 
@@ -55,7 +54,7 @@ def _input_manifest(spark, input_path: str) -> dict[str, Any]:
         config_hash = json.loads(text).get("config_hash")
     except (ValueError, AttributeError):
         config_hash = None
-    return {"manifest_sha256": hashlib.sha256(text.encode()).hexdigest()[:16], "config_hash": config_hash}
+    return {"manifest_sha256": text_sha256(text), "config_hash": config_hash}
 
 
 def read_description(spark, input_path: str) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reagent_recsys.artifacts import write_json_atomic
+from reagent_recsys.artifacts import text_sha256, write_json_atomic
 from reagent_recsys.config import PipelineConfig, RunPaths, write_resolved_config
 from reagent_recsys.run_lock import output_dir_lock
 from workflow.registry import get_workflow
@@ -111,7 +111,7 @@ def content_digest(path: Path) -> str | None:
             hashes.append(f"{f.relative_to(path.parent)}:{stat.st_size}:{stat.st_mtime_ns}")
         else:
             hashes.append(hashlib.sha256(f.read_bytes()).hexdigest())
-    return hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()[:16]
+    return text_sha256("\n".join(sorted(hashes)))
 
 
 def external_fingerprint(uri: str) -> str | None:

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from reagent_recsys.artifacts import atomic_directory, package_versions, write_json_atomic
 from reagent_recsys.config import ConfigError, PipelineConfig
 from reagent_recsys.envs.base import EnvStep, make_env, run_episodes, slate_size_of
+from reagent_recsys.envs.lts import RESPONSE_METRICS
 from reagent_recsys.mdp_writer import (
     EpisodeBatch,
     batch_to_arrow,
@@ -45,7 +46,7 @@ def run_batch(env: Any, policy: LoggingPolicy, rng: np.random.Generator, first_e
     users = state.shape[0]
     policy.begin_episodes(users, rng)
     log: dict[str, list[np.ndarray]] = {k: [] for k in (
-        "states", "actions", "propensities", "rewards", "alive", "click", "engagement", "satisfaction")}
+        "states", "actions", "propensities", "rewards", "alive", *RESPONSE_METRICS)}
 
     def record(step: EnvStep) -> None:
         log["states"].append(step.state)
@@ -53,11 +54,11 @@ def run_batch(env: Any, policy: LoggingPolicy, rng: np.random.Generator, first_e
         log["propensities"].append(step.info)
         log["rewards"].append(np.asarray(step.result.reward, dtype=np.float64))
         log["alive"].append(step.alive)
-        for name in ("click", "engagement", "satisfaction"):
+        for name in RESPONSE_METRICS:
             log[name].append(np.asarray(getattr(step.result, name), dtype=np.float64))
 
     steps = run_episodes(env, state, lambda state, docs: policy.act(docs, rng, state), record)  # slates, mu
-    metrics = {name: np.stack(log[name]) for name in ("click", "engagement", "satisfaction")}
+    metrics = {name: np.stack(log[name]) for name in RESPONSE_METRICS}
     component = policy.episode_metrics().get("policy_component", np.zeros(users))
     metrics["policy_component"] = np.broadcast_to(np.asarray(component, dtype=np.float64), (steps, users))
     return EpisodeBatch(

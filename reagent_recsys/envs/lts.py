@@ -189,6 +189,9 @@ class StepResult:
     satisfaction: np.ndarray  # (B,) float64 satisfaction the user had when responding
 
 
+RESPONSE_METRICS = ("click", "engagement", "satisfaction")  # the StepResult fields logged as mdp-table metrics
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):  # exp(-x) overflows to inf for x << 0, which correctly gives 0
         return 1.0 / (1.0 + np.exp(-x))

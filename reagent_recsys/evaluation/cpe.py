@@ -137,7 +137,8 @@ def fit_fqe_models(cfg: EvaluationConfig, seed: int, train: Split, evaluation: S
                        "transitions"):
         models = _plan(cfg, seed).fit(fit, train["mdp_key"], cfg.fqe_iterations)
     eval_state = model_state(evaluation)
-    predictions = [m.q_values(eval_state, needed_pairs(evaluation, [eval_target])) for m in models]
+    needed = needed_pairs(evaluation, [eval_target])
+    predictions = [m.q_values(eval_state, needed) for m in models]
     nxt, live = next_step_index(evaluation["mdp_key"], evaluation["sequence_number"])
     q = predictions[0]
     v_next = np.where(live, (q[nxt] * eval_target[nxt]).sum(axis=1), 0.0)

@@ -85,11 +85,7 @@ class StackedMLP:
     @property
     def input_dtype(self) -> torch.dtype:
         """The dtype the first layer multiplies its inputs in (inputs given in it are not cast)."""
-        return self._dtype(0)
-
-    def _dtype(self, layer: int) -> torch.dtype:
-        """The dtype layer `layer`'s products run in: `matmul_dtype`, float32 for the output layer."""
-        return torch.float32 if layer == len(self.shapes) - 1 else self.matmul_dtype
+        return self._live[0][0].dtype
 
     def _in_matmul_dtypes(self, exact, low) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per layer the weights and bias from `low` (`views` of the parameters in `matmul_dtype`) or, for

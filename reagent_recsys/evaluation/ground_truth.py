@@ -22,7 +22,7 @@ import torch
 from reagent_recsys.config import PipelineConfig
 from reagent_recsys.envs.base import EnvFactory, EnvStep, run_episodes, slate_size_of
 from reagent_recsys.envs.base import env_factory as env_factory  # re-exported: the one factory
-from reagent_recsys.envs.lts import DOC_ID_BASE, SATISFACTION_ID, FeatureSpec, LTSParams
+from reagent_recsys.envs.lts import DOC_ID_BASE, RESPONSE_METRICS, SATISFACTION_ID, FeatureSpec, LTSParams
 from reagent_recsys.history import numpy_history, spec_from_dict
 from reagent_recsys.policies.logging import (
     GreedyPolicy,
@@ -75,8 +75,6 @@ class SimulatedHistory:
     state holds them; reward and the click/engagement/satisfaction metrics of the response; the action is the
     chosen slot), then `history.numpy_history` over each user's steps so far (episodes are short)."""
 
-    METRICS = ("click", "engagement", "satisfaction")  # the metrics workflow.offline_gym logs from a response
-
     def __init__(self, block: Mapping[str, Any], feature_ids: Sequence[int], env_features: Sequence[FeatureSpec],
                  num_candidates: int) -> None:
         self.spec, ids = spec_from_dict(block)
@@ -98,14 +96,15 @@ class SimulatedHistory:
                 self.reads.append(("candidate", np.array([per_slot[k] for k in range(num_candidates)])))
             elif kind == "action" and name.isdigit():
                 self.reads.append(("action", int(name)))
-            elif kind in ("reward", "step") or (kind == "metric" and name in self.METRICS):
+            elif kind in ("reward", "step") or (kind == "metric" and name in RESPONSE_METRICS):
                 self.reads.append((kind, name))
             else:
                 raise ValueError(f"history source {source!r}: the simulator cannot provide it")
-        self.steps: list[np.ndarray] = []  # (B, S) per step taken
+        self.begin_episodes()
 
     def begin_episodes(self) -> None:
-        self.steps, self._decision = [], None
+        self.steps: list[np.ndarray] = []  # (B, S) per step taken
+        self._decision: np.ndarray | None = None  # (B, S) of the step being taken, until its response
 
     def features(self, num_users: int) -> np.ndarray:
         """(B, H) float32: the history features of the users' next step."""
